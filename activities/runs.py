@@ -1,0 +1,59 @@
+"""Recording what runs do: the run row (current step, status) and its step log."""
+
+from __future__ import annotations
+
+from sqlalchemy.dialects.postgresql import insert
+from temporalio import activity
+
+from core.db import Database
+from core.models import Run, StepLog, utcnow
+from workflows.types import RecordInput
+
+
+class RunActivities:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @activity.defn(name="record_steps")
+    async def record_steps(self, inp: RecordInput) -> None:
+        ended = inp.status != "running"
+        async with self.db.session() as s:
+            values = dict(
+                id=inp.run_id,
+                journey_key=inp.journey_key,
+                version=inp.version,
+                contact_id=inp.contact_id,
+                workflow_id=inp.workflow_id,
+                status=inp.status,
+                step=inp.step,
+                exit_reason=inp.exit_reason,
+                waiting_for=inp.waiting_for,
+                visits=inp.visits,
+                ended_at=utcnow() if ended else None,
+            )
+            stmt = insert(Run).values(**values)
+            update = {k: v for k, v in values.items() if k not in ("id", "started_at")}
+            await s.exec(stmt.on_conflict_do_update(index_elements=["id"], set_=update))  # type: ignore[call-overload]
+            if inp.records:
+                rows = [
+                    dict(
+                        run_id=inp.run_id,
+                        seq=r.seq,
+                        journey_key=inp.journey_key,
+                        version=inp.version,
+                        contact_id=inp.contact_id,
+                        step=r.step,
+                        visit=r.visit,
+                        action=r.action,
+                        outcome=r.outcome,
+                        at=r.at,
+                    )
+                    for r in inp.records
+                ]
+                # seq makes a retried activity a no-op for rows already written.
+                await s.exec(  # type: ignore[call-overload]
+                    insert(StepLog).values(rows).on_conflict_do_nothing(
+                        constraint="uq_step_log_seq"
+                    )
+                )
+            await s.commit()

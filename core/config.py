@@ -1,0 +1,113 @@
+"""Settings from the environment (pydantic-settings).
+
+With nothing set, every service falls back to the embedded default of SPEC section 2:
+the dev stack fills in DATABASE_URL, TEMPORAL_ADDRESS and SMTP_URL for its children.
+Secrets that are not given are generated once and kept in `$JOURNEYS_HOME/secrets.json`
+so a restart keeps decrypting old payloads and honouring old tracking links.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    journeys_home: Path = Field(default=Path(".journeys"))
+
+    # Temporal
+    temporal_address: str | None = None
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "journeys"
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_tls_ca: Path | None = None
+    temporal_tls_server_name: str | None = None
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+
+    # Database
+    database_url: str | None = None
+    postgres_port: int = 5433
+
+    # Mail
+    smtp_url: str | None = None
+    smtp_sink_port: int = 8025
+    smtp_allow_plaintext: bool = False
+    mail_from: str = "Care Team <care@example.org>"
+    mail_domain: str = "example.org"
+    physical_address: str = "Example Health, 1 Main Street, Springfield, MA 01101, USA"
+    unsubscribe_mailto: str = "unsubscribe@example.org"
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None
+    dkim_private_key_path: Path | None = None
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_base_url: str = "http://127.0.0.1:8000"
+    trusted_proxies: str = "127.0.0.0/8,::1/128"
+    temporal_ui_origin: str | None = None
+
+    # Secrets (generated in dev when unset)
+    codec_keys: str | None = None  # "k1:BASE64,k2:BASE64"
+    codec_active_key: str | None = None
+    token_keys: str | None = None  # "1:BASE64,2:BASE64"
+    token_active_key: int | None = None
+    api_key_pepper: str | None = None
+
+    # Behaviour
+    tracking_token_ttl_days: int = 180
+    continue_as_new_after_events: int = 2000
+    dev_mode: bool = False
+
+    @property
+    def home(self) -> Path:
+        return self.journeys_home.resolve()
+
+    def secret_values(self) -> dict[str, Any]:
+        """Resolved secrets: configured ones win, otherwise the persisted dev ones."""
+        stored = _load_or_create_secrets(self.home)
+        return {
+            "codec_keys": self.codec_keys or stored["codec_keys"],
+            "codec_active_key": self.codec_active_key or stored["codec_active_key"],
+            "token_keys": self.token_keys or stored["token_keys"],
+            "token_active_key": self.token_active_key or stored["token_active_key"],
+            "api_key_pepper": self.api_key_pepper or stored["api_key_pepper"],
+        }
+
+
+def _load_or_create_secrets(home: Path) -> dict[str, Any]:
+    path = home / "secrets.json"
+    if path.exists():
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    home.mkdir(parents=True, exist_ok=True)
+    data = {
+        "codec_keys": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "codec_active_key": "k1",
+        "token_keys": "1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "token_active_key": 1,
+        "api_key_pepper": secrets.token_urlsafe(32),
+    }
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+    return data
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
