@@ -125,6 +125,17 @@ def db_upgrade() -> None:
     print("database is up to date")
 
 
+@db_app.command("revision")
+def db_revision(
+    message: Annotated[str, typer.Argument(help="What the migration does")],
+    initial: Annotated[bool, typer.Option(help="Rewrite 0001 from the tables (pre-release only)")] = False,
+) -> None:
+    """Autogenerate a migration from the tables in core/models.py."""
+    from devstack.makemigration import autogenerate
+
+    asyncio.run(autogenerate(message, initial=initial))
+
+
 def _database_url(settings: object) -> str:
     """DATABASE_URL, or the embedded server of `journeys dev` when it is running."""
     from core.config import Settings

@@ -31,7 +31,8 @@ def _issues(errors: list[Issue]) -> list[dict[str, Any]]:
 
 
 async def known_refs(ctx: ServiceContext) -> KnownRefs:
-    from mail.render import TemplateSource, link_names
+    from mail.template_check import link_names
+    from mail.template_types import TemplateSource
 
     s = ctx.session
     templates = (await s.exec(select(Template))).all()

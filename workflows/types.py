@@ -74,3 +74,24 @@ class SendResult:
     status: str  # sent | blocked | failed | uncertain
     send_id: str | None = None
     detail: str | None = None  # block reason or SMTP code; never content
+
+
+@dataclass
+class EventSignal:
+    """An external or internal event reaching a run (signal `event`). Properties stay in the DB."""
+
+    event_id: str
+    name: str
+    occurred_at: datetime
+
+
+@dataclass
+class EngagementSignal:
+    """A human open or click on a message this run sent (signal `engagement`)."""
+
+    tracking_event_id: str
+    send_id: str
+    step: str  # the send_email step that sent the message
+    kind: str  # open | click
+    link: str | None
+    at: datetime

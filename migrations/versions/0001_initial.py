@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 14:27:39.915957
+Create Date: 2026-11-22 14:31:41.655766
 """
 from collections.abc import Sequence
 
