@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from temporalio.client import Client
@@ -41,7 +40,6 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
         task_queue=settings.temporal_task_queue,
         workflows=workflows(),
         activities=activities(db, settings),
-        activity_executor=ThreadPoolExecutor(4),
         max_concurrent_activities=200,
         max_concurrent_workflow_tasks=200,
         max_cached_workflows=10000,

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from temporalio.client import Client
-from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from core.models import Contact, Journey, JourneyVersion, Run
@@ -41,10 +41,10 @@ class EnrollmentResult:
 def search_attributes(journey_key: str, version: int, contact_id: str) -> TypedSearchAttributes:
     return TypedSearchAttributes(
         [
-            sa.JOURNEY_KEY.value_set(journey_key),
-            sa.JOURNEY_VERSION.value_set(version),
-            sa.CONTACT_ID.value_set(contact_id),
-            sa.JOURNEY_STATUS.value_set("running"),
+            SearchAttributePair(sa.JOURNEY_KEY, journey_key),
+            SearchAttributePair(sa.JOURNEY_VERSION, version),
+            SearchAttributePair(sa.CONTACT_ID, contact_id),
+            SearchAttributePair(sa.JOURNEY_STATUS, "running"),
         ]
     )
 
