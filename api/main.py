@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from temporalio.client import Client
 
 from api import errors
-from api.routers import contacts, health, journeys, outbox, runs, templates
+import api.routers
 from core.config import Settings, get_settings
 from core.db import Database
 from core.temporal import connect
@@ -46,11 +48,21 @@ def create_app(
     app.state.db = db
     app.state.temporal = temporal
     errors.install(app)
-    for r in (health, contacts, templates, journeys, runs):
-        app.include_router(r.router)
-    if settings.dev_mode:
-        app.include_router(outbox.router)
+    for router, dev_only in discover_routers():
+        if settings.dev_mode or not dev_only:
+            app.include_router(router)
     return app
+
+
+def discover_routers() -> list[tuple[APIRouter, bool]]:
+    """Every module in api/routers with a `router` (and `DEV_ONLY = True` for dev-only ones)."""
+    found = []
+    for info in sorted(pkgutil.iter_modules(api.routers.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"api.routers.{info.name}")
+        router = getattr(module, "router", None)
+        if isinstance(router, APIRouter):
+            found.append((router, bool(getattr(module, "DEV_ONLY", False))))
+    return found
 
 
 def app_factory() -> FastAPI:

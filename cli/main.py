@@ -146,6 +146,27 @@ def _database_url(settings: object) -> str:
     return f"postgresql://postgres@127.0.0.1:{settings.postgres_port}/journeys"
 
 
+def _register_command_modules() -> None:
+    """Every other module in cli/ exposing `app` (a Typer) becomes `journeys <NAME>`,
+    and one exposing `register(app)` adds top-level commands."""
+    import importlib
+    import pkgutil
+
+    import cli
+
+    for info in sorted(pkgutil.iter_modules(cli.__path__), key=lambda m: m.name):
+        if info.name == "main":
+            continue
+        module = importlib.import_module(f"cli.{info.name}")
+        if hasattr(module, "register"):
+            module.register(app)
+        elif isinstance(getattr(module, "app", None), typer.Typer):
+            app.add_typer(module.app, name=getattr(module, "NAME", info.name))
+
+
+_register_command_modules()
+
+
 def main() -> None:
     app()
 

@@ -15,6 +15,7 @@ from api.deps import SessionDep
 from core.models import OutboxMessage
 
 router = APIRouter(prefix="/dev/outbox", tags=["dev"])
+DEV_ONLY = True
 
 
 def _summary(m: OutboxMessage) -> dict[str, Any]:
