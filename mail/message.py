@@ -1,0 +1,245 @@
+"""Build the marketing e-mail: headers (RFC 8058 one-click), text + HTML, footer,
+open pixel and trap link. Deterministic: same inputs, same bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime
+from email import policy as email_policy
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
+from email.message import EmailMessage, MIMEPart
+from email.policy import Policy
+from email.utils import format_datetime
+
+from markupsafe import escape
+
+from mail.template_types import Rendered
+
+ONE_CLICK = "List-Unsubscribe=One-Click"
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+# Printable ASCII without '<', '>', '@' (and '[', '\\', ']' on the right).
+_MSG_ID = re.compile(r"<[!-;=?A-~]+@[!-;=?A-Z^-~]+>")
+# RFC 3986 characters minus ',' (the List-Unsubscribe separator).
+_URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+;=%]+")
+_LIST_ID = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)+")
+_BODY_OPEN = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
+_BODY_CLOSE = re.compile(r"</body\s*>", re.IGNORECASE)
+_URI_ITEM = re.compile(r"<[^<>]*>")
+
+
+class _UriListHeader(UnstructuredHeader, BaseHeader):
+    """List-Unsubscribe: folds only between <URI> items.
+
+    The stock folder turns a token longer than a line into RFC 2047 encoded
+    words, which mangles a long URL beyond any client's recognition.
+    """
+
+    max_count = 1
+
+    def fold(self, *, policy: Policy) -> str:
+        items = _URI_ITEM.findall(str(self))
+        head = f"{self.name}: "
+        one_line = head + ", ".join(items)
+        limit = policy.max_line_length or 0
+        if not limit or len(one_line) <= limit:
+            return one_line + policy.linesep
+        return head + ("," + policy.linesep + " ").join(items) + policy.linesep
+
+
+def _make_policy() -> email_policy.EmailPolicy[EmailMessage]:
+    registry = HeaderRegistry()
+    registry.map_to_type("list-unsubscribe", _UriListHeader)
+    return email_policy.SMTP.clone(header_factory=registry)
+
+
+MESSAGE_POLICY = _make_policy()
+# RFC 2045 caps quoted-printable lines at 76 characters.
+_PART_POLICY = MESSAGE_POLICY.clone(max_line_length=76)
+
+
+def message_id_for(send_key: str, domain: str) -> str:
+    """Message-ID from the attempt-independent send key: a retried send reuses it."""
+    if not _HOSTNAME.fullmatch(domain):
+        raise ValueError("message id domain is not a valid host name")
+    digest = hashlib.sha256(b"journeys/message-id\0" + send_key.encode("utf-8")).hexdigest()
+    return f"<{digest[:32]}@{domain.lower()}>"
+
+
+def message_bytes(msg: EmailMessage) -> bytes:
+    """Wire form (CRLF) of a message built here; sign and send exactly these bytes."""
+    return msg.as_bytes(policy=MESSAGE_POLICY)
+
+
+def _single_line(field: str, value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"{field} must not contain line breaks")
+    return value
+
+
+def _uri(field: str, value: str, schemes: tuple[str, ...]) -> str:
+    if not value.lower().startswith(schemes) or not _URI_CHARS.fullmatch(value):
+        raise ValueError(f"{field} must be an {'/'.join(schemes)} URI without spaces or commas")
+    return value
+
+
+def _set_address(msg: EmailMessage, header: str, field: str, value: str) -> None:
+    msg[header] = value
+    parsed = msg[header]
+    addresses: tuple[Address, ...] = getattr(parsed, "addresses", ())
+    if parsed.defects or len(addresses) != 1:
+        raise ValueError(f"{field} is not a single valid e-mail address")
+    address = addresses[0]
+    if not address.domain.isascii():
+        # Without SMTPUTF8 an internationalised domain travels as IDNA (punycode).
+        try:
+            domain = address.domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{field} has an invalid domain") from None
+        del msg[header]
+        msg[header] = Address(address.display_name, address.username, domain)
+
+
+def _list_id_value(list_id: str, list_name: str | None) -> str:
+    if not list_name:
+        return f"<{list_id}>"
+    if list_name.isascii():
+        # A quoted-string: escape what would end it.
+        quoted = list_name.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{quoted}" <{list_id}>'
+    return f"{list_name} <{list_id}>"  # becomes RFC 2047 encoded words
+
+
+def _footer_html(physical_address: str, unsubscribe_url: str, label: str) -> str:
+    address = "<br>".join(str(escape(line)) for line in physical_address.splitlines())
+    return (
+        '<div class="journeys-footer" style="margin-top:24px;font-size:12px;'
+        'line-height:1.5;color:#666666;">'
+        f"{address}<br>"
+        f'<a href="{escape(unsubscribe_url)}" style="color:#666666;">{escape(label)}</a>'
+        "</div>"
+    )
+
+
+def _footer_text(physical_address: str, unsubscribe_url: str, label: str) -> str:
+    return f"\n-- \n{physical_address.strip()}\n{label}: {unsubscribe_url}\n"
+
+
+def _trap_html(trap_url: str) -> str:
+    # Invisible, unfocusable, empty and hidden from assistive tech: only a machine
+    # that follows every href reaches it.
+    return (
+        '<div style="display:none !important;max-height:0;overflow:hidden;mso-hide:all;" '
+        'aria-hidden="true">'
+        f'<a href="{escape(trap_url)}" style="display:none !important;" aria-hidden="true" '
+        'tabindex="-1"></a></div>'
+    )
+
+
+def _pixel_html(pixel_url: str) -> str:
+    return (
+        f'<img src="{escape(pixel_url)}" width="1" height="1" alt="" '
+        'style="display:block;width:1px;height:1px;border:0;margin:0;padding:0;">'
+    )
+
+
+def _decorate_html(html: str, top: str, bottom: str) -> str:
+    """`top` right after <body>, `bottom` right before </body> (or start/end)."""
+    opening = _BODY_OPEN.search(html)
+    if opening:
+        html = html[: opening.end()] + top + html[opening.end() :]
+    else:
+        html = top + html
+    closings = list(_BODY_CLOSE.finditer(html))
+    if closings:
+        at = closings[-1].start()
+        return html[:at] + bottom + html[at:]
+    return html + bottom
+
+
+def _text_part(content: str, subtype: str) -> MIMEPart:
+    part = MIMEPart(policy=_PART_POLICY)
+    # quoted-printable keeps the body 7-bit: no relay re-encodes it and breaks DKIM.
+    part.set_content(content, subtype=subtype, charset="utf-8", cte="quoted-printable")
+    return part
+
+
+def build_message(
+    content: Rendered,
+    *,
+    from_addr: str,
+    to_addr: str,
+    message_id: str,
+    date: datetime,
+    unsubscribe_url: str,
+    unsubscribe_mailto: str,
+    list_id: str,
+    physical_address: str,
+    list_name: str | None = None,
+    pixel_url: str | None = None,
+    trap_url: str | None = None,
+    reply_to: str | None = None,
+    unsubscribe_label: str = "Unsubscribe",
+) -> EmailMessage:
+    """A multipart/alternative marketing message.
+
+    `unsubscribe_url` is the one-click endpoint (https in production; http is
+    accepted for the dev stack and flagged by check_marketing_headers);
+    `unsubscribe_mailto` is the bare address for the mailto: alternative;
+    `list_id` is the dotted List-Id identifier (e.g. post-visit.clinic.example).
+    """
+    if date.tzinfo is None or date.utcoffset() is None:
+        raise ValueError("date must be timezone-aware")
+    if not _MSG_ID.fullmatch(message_id):
+        raise ValueError("message_id must look like <id@domain>")
+    if not _LIST_ID.fullmatch(list_id):
+        raise ValueError("list_id must be a dotted identifier such as journey.example.org")
+    _uri("unsubscribe_url", unsubscribe_url, ("https://", "http://"))
+    mailto = _uri(
+        "unsubscribe_mailto", f"mailto:{unsubscribe_mailto}?subject=unsubscribe", ("mailto:",)
+    )
+    if unsubscribe_mailto.count("@") != 1:
+        raise ValueError("unsubscribe_mailto must be an e-mail address")
+    for field, value in (("pixel_url", pixel_url), ("trap_url", trap_url)):
+        if value is not None:
+            _uri(field, value, ("https://", "http://"))
+    for field, value in (
+        ("from_addr", from_addr),
+        ("to_addr", to_addr),
+        ("reply_to", reply_to or ""),
+        ("list_name", list_name or ""),
+        ("subject", content.subject),
+    ):
+        _single_line(field, value)
+
+    msg = EmailMessage(policy=MESSAGE_POLICY)
+    _set_address(msg, "From", "from_addr", from_addr)
+    _set_address(msg, "To", "to_addr", to_addr)
+    if reply_to:
+        _set_address(msg, "Reply-To", "reply_to", reply_to)
+    msg["Subject"] = content.subject
+    msg["Date"] = format_datetime(date)
+    msg["Message-ID"] = message_id
+    msg["List-Id"] = _list_id_value(list_id, list_name)
+    msg["List-Unsubscribe"] = f"<{unsubscribe_url}>, <{mailto}>"
+    msg["List-Unsubscribe-Post"] = ONE_CLICK
+    msg["MIME-Version"] = "1.0"
+
+    footer_text = _footer_text(physical_address, unsubscribe_url, unsubscribe_label)
+    text = content.text.rstrip("\n") + "\n" + footer_text
+    html = _decorate_html(
+        content.html,
+        top=_trap_html(trap_url) if trap_url else "",
+        bottom=_footer_html(physical_address, unsubscribe_url, unsubscribe_label)
+        + (_pixel_html(pixel_url) if pixel_url else ""),
+    )
+    msg["Content-Type"] = "multipart/alternative"
+    msg.set_payload([_text_part(text, "plain"), _text_part(html, "html")])
+    # A boundary from the Message-ID keeps the bytes reproducible; "=_" never
+    # occurs in quoted-printable output, so it cannot collide with the body.
+    msg.set_boundary("=_jr_" + hashlib.sha256(message_id.encode("ascii")).hexdigest()[:24])
+    return msg
