@@ -166,6 +166,8 @@ async def test_key_id_is_bound_by_associated_data() -> None:
         ({"encoding": ENCODING, METADATA_KEY_ID: b"\xff\xfe"}, os.urandom(40)),
         ({"encoding": ENCODING, METADATA_KEY_ID: b"k1"}, os.urandom(40)),
     ],
+    # Stable ids: pytest-xdist workers must collect the same test names.
+    ids=["no-key-id", "too-short", "non-utf8-key-id", "forged-data"],
 )
 async def test_malformed_encrypted_payloads_raise_clear_error(
     metadata: dict[str, bytes], data: bytes
