@@ -104,10 +104,11 @@ class EmbeddedPostgres:
             "-c", "unix_socket_directories=",
             "-c", "max_connections=300",
             "-c", "shared_buffers=256MB",
-            "-c", "synchronous_commit=off",
         ]
         if self.fast_unsafe:
-            opts += ["-c", "fsync=off", "-c", "full_page_writes=off"]
+            # Tests only: a crash may lose the last commits. Never in dev: the send ledger
+            # must survive a crash or exactly-once breaks.
+            opts += ["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off"]
         self.proc = subprocess.Popen(
             [str(_bin_dir() / "postgres"), "-D", str(pgdata), "-p", str(self.port), *opts],
             stdout=log,

@@ -38,8 +38,9 @@ class SinkHandler:
         if self.faults.queue:
             fault = self.faults.queue.pop(0)
             if fault == "drop":
-                if session.transport is not None:
-                    session.transport.abort()
+                transport = getattr(server, "transport", None)
+                if transport is not None:
+                    transport.abort()
                 return "421 4.3.0 connection dropped"
             if fault == "421":
                 return "421 4.3.2 service not available, try later"

@@ -1,0 +1,156 @@
+"""A stack of its own for fault tests: PostgreSQL and a Temporal dev server with a file
+DB (so both can be killed and restarted mid-journey), the SMTP sink with fault injection,
+and the worker as a subprocess that can be SIGKILLed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest_asyncio
+from sqlalchemy import insert
+
+from core.config import Settings
+from core.db import Database
+from core.migrate import upgrade_async
+from core.models import Consent, Contact
+from devstack.ports import free_port
+from devstack.postgres import EmbeddedPostgres
+from devstack.smtp_sink import SinkHandler, SmtpSink, db_store
+from devstack.temporal import TemporalDevServer
+from services.context import ServiceContext
+from services.enrollment import enroll
+from services.journeys import create_journey, publish_journey
+from services.templates import TemplateIn, create_template
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class FaultStack:
+    workdir: Path
+    settings: Settings
+    pg: EmbeddedPostgres
+    temporal: TemporalDevServer
+    sink: SmtpSink
+    db: Database
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        s = self.settings
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT),
+            JOURNEYS_HOME=str(s.journeys_home),
+            DATABASE_URL=str(s.database_url),
+            TEMPORAL_ADDRESS=str(s.temporal_address),
+            TEMPORAL_TASK_QUEUE=s.temporal_task_queue,
+            SMTP_URL=str(s.smtp_url),
+            SMTP_ALLOW_PLAINTEXT="true",
+            PUBLIC_BASE_URL=s.public_base_url,
+        )
+        log = open(self.workdir / "worker.log", "ab")  # noqa: SIM115
+        p = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "worker"],
+            env=env, cwd=ROOT, stdout=log, stderr=log, start_new_session=True,
+        )
+        self.workers.append(p)
+        return p
+
+    def kill_workers(self) -> None:
+        for p in self.workers:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.workers.clear()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def fault_stack() -> AsyncIterator[FaultStack]:
+    workdir = Path(tempfile.mkdtemp(prefix="journeys-fault-"))
+    workdir.chmod(0o755)
+    pg = EmbeddedPostgres(workdir / "pg", free_port())
+    temporal = TemporalDevServer(
+        port=free_port(), ui_port=None, db_file=workdir / "temporal.db", log_file=workdir / "t.log"
+    )
+    pg.start()
+    temporal.start()
+    await pg.wait_ready()
+    await upgrade_async(pg.url())
+    await temporal.wait_ready()
+    sink_port = free_port()
+    settings = Settings(
+        journeys_home=workdir / "home",
+        database_url=pg.url(),
+        temporal_address=temporal.address,
+        temporal_task_queue=f"fault-{uuid.uuid4().hex[:6]}",
+        smtp_url=f"smtp://127.0.0.1:{sink_port}",
+        smtp_allow_plaintext=True,
+        public_base_url="http://127.0.0.1:9",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    settings.secret_values()
+    db = Database(pg.url())
+    sink = SmtpSink(SinkHandler(db_store(db)), port=sink_port)
+    await sink.start()
+    stack = FaultStack(workdir, settings, pg, temporal, sink, db)
+    try:
+        yield stack
+    finally:
+        stack.kill_workers()
+        await sink.stop()
+        await db.dispose()
+        temporal.stop()
+        pg.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def make_journey(
+    stack: FaultStack, n_contacts: int, wait: str = "PT1S"
+) -> tuple[str, list[str]]:
+    """A journey send -> wait -> send for `n_contacts` consenting contacts; returns (key, ids)."""
+    from core.temporal import connect
+
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"c_f{tag}{i:05d}" for i in range(n_contacts)]
+    client = await connect(stack.settings)
+    async with stack.db.session() as s:
+        await s.execute(
+            insert(Contact),
+            [
+                {"id": cid, "external_id": f"f-{tag}-{i}", "email": f"f{tag}.{i}@example.com",
+                 "timezone": "UTC", "attributes": {}}
+                for i, cid in enumerate(ids)
+            ],
+        )
+        await s.execute(
+            insert(Consent),
+            [{"contact_id": cid, "category": "care", "granted": True, "source": "test"} for cid in ids],
+        )
+        await s.commit()
+        ctx = ServiceContext(s, stack.settings, client)
+        for n in (1, 2):
+            await create_template(ctx, TemplateIn(key=f"f{tag}-{n}", subject=f"S{n}", html="<p>x</p>"))
+        key = f"fault-{tag}"
+        await create_journey(ctx, {
+            "key": key, "name": "fault", "category": "care", "trigger": {"type": "manual"},
+            "start": "one",
+            "steps": {
+                "one": {"type": "send_email", "template": f"f{tag}-1", "next": "pause"},
+                "pause": {"type": "wait", "duration": wait, "next": "two"},
+                "two": {"type": "send_email", "template": f"f{tag}-2", "next": "done"},
+                "done": {"type": "exit"},
+            },
+        })
+        await publish_journey(ctx, key)
+        result = await enroll(ctx, key, ids)
+        assert result.enrolled == n_contacts
+    return key, ids
