@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 from sqlmodel import col, select
 
 from api.deps import SessionDep
+from api.paging import Limit, Offset, RowId
 from core.models import OutboxMessage
 
 router = APIRouter(prefix="/dev/outbox", tags=["dev"])
@@ -29,7 +30,7 @@ def _summary(m: OutboxMessage) -> dict[str, Any]:
     }
 
 
-async def _get(session: SessionDep, message_id: int) -> OutboxMessage:
+async def _get(session: SessionDep, message_id: RowId) -> OutboxMessage:
     m = await session.get(OutboxMessage, message_id)
     if m is None:
         raise HTTPException(404, "no such message")
@@ -37,22 +38,31 @@ async def _get(session: SessionDep, message_id: int) -> OutboxMessage:
 
 
 @router.get("/messages")
-async def list_messages(session: SessionDep, limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
-    q = select(OutboxMessage).order_by(col(OutboxMessage.id).desc()).offset(offset).limit(min(limit, 1000))
+async def list_messages(
+    session: SessionDep, limit: Limit = 200, offset: Offset = 0
+) -> list[dict[str, Any]]:
+    q = (
+        select(OutboxMessage)
+        .order_by(col(OutboxMessage.id).desc())
+        .offset(offset)
+        .limit(min(limit, 1000))
+    )
     return [_summary(m) for m in (await session.exec(q)).all()]
 
 
 @router.get("/messages/{message_id}/raw")
-async def raw_message(session: SessionDep, message_id: int) -> Response:
+async def raw_message(session: SessionDep, message_id: RowId) -> Response:
     m = await _get(session, message_id)
     return Response(m.raw, media_type="message/rfc822")
 
 
 @router.get("/messages/{message_id}", response_class=HTMLResponse)
-async def view_message(session: SessionDep, message_id: int) -> str:
+async def view_message(session: SessionDep, message_id: RowId) -> str:
     m = await _get(session, message_id)
     msg = email.message_from_bytes(m.raw, policy=email.policy.default)
-    headers = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in msg.items())
+    headers = "".join(
+        f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in msg.items()
+    )
     html_part = msg.get_body(("html",)) if hasattr(msg, "get_body") else None
     text_part = msg.get_body(("plain",)) if hasattr(msg, "get_body") else None
     html = html_part.get_content() if html_part is not None else ""  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field, model_validator
 
 from api.deps import Operator
+from api.paging import Limit, Offset
 from services import enrollment, runs
 
 router = APIRouter(prefix="/v1/journeys/{key}", tags=["runs"])
@@ -39,7 +40,7 @@ async def enroll(ctx: Operator, key: str, body: EnrollIn) -> dict[str, Any]:
 
 @router.get("/runs")
 async def list_runs(
-    ctx: Operator, key: str, status: str | None = None, limit: int = 100, offset: int = 0
+    ctx: Operator, key: str, status: str | None = None, limit: Limit = 100, offset: Offset = 0
 ) -> dict[str, Any]:
     return {"runs": await runs.list_runs(ctx, key, status, limit, offset)}
 
@@ -50,5 +51,7 @@ async def get_run(ctx: Operator, key: str, contact_id: str) -> dict[str, Any]:
 
 
 @router.post("/runs/{contact_id}/exit")
-async def exit_run(ctx: Operator, key: str, contact_id: str, body: ExitIn | None = None) -> dict[str, Any]:
+async def exit_run(
+    ctx: Operator, key: str, contact_id: str, body: ExitIn | None = None
+) -> dict[str, Any]:
     return await runs.exit_run(ctx, key, contact_id, (body or ExitIn()).reason)
