@@ -40,9 +40,11 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
         task_queue=settings.temporal_task_queue,
         workflows=workflows(),
         activities=activities(db, settings),
-        max_concurrent_activities=200,
-        max_concurrent_workflow_tasks=200,
-        max_cached_workflows=10000,
+        max_concurrent_activities=settings.worker_max_concurrent_activities,
+        max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
+        max_concurrent_local_activities=settings.worker_max_concurrent_local_activities,
+        # Parked runs need no cache: evicted ones replay on their next event.
+        max_cached_workflows=settings.worker_max_cached_workflows,
     )
 
 

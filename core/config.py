@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     token_active_key: int | None = None
     api_key_pepper: str | None = None
 
+    # Worker tuning (see docs/benchmarks.md)
+    worker_max_cached_workflows: int = 1000
+    worker_max_concurrent_activities: int = 200
+    worker_max_concurrent_workflow_tasks: int = 200
+    worker_max_concurrent_local_activities: int = 200
+
     # Behaviour
     tracking_token_ttl_days: int = 180
     continue_as_new_after_events: int = 2000
