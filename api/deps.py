@@ -133,7 +133,7 @@ def require(*roles: str) -> Callable[..., AsyncIterator[ServiceContext]]:
         ctx = ServiceContext(session, settings, request.app.state.temporal, actor)
         if not rule.allows(actor.role):
             resource = (
-                audit_resource(rule.audit.resource, request) if rule.audit else request.url.path
+                audit_resource(rule.resource, request) if rule.resource else request.url.path
             )
             await audit.record(ctx, "denied", resource, details={"method": request.method})
             raise HTTPException(403, f"role '{actor.role}' may not do this")

@@ -62,25 +62,32 @@ class Audit:
 class Rule:
     roles: frozenset[str] = field(default_factory=frozenset)  # besides admin
     public: bool = False  # no API key at all (tracking pixels, health, docs)
-    audit: Audit | None = None
+    audit: Audit | None = None  # written by the dependency for every successful call
+    # What the route touches, for the audit row of a refused call ("denied").
+    resource: str | None = None
 
     def allows(self, role: str) -> bool:
         return self.public or role == ADMIN or role in self.roles
 
 
-def allow(*roles: str, audit: Audit | None = None) -> Rule:
+def allow(*roles: str, audit: Audit | None = None, resource: str | None = None) -> Rule:
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles in policy: {sorted(unknown)}")
-    return Rule(frozenset(roles), audit=audit)
+    return Rule(
+        frozenset(roles), audit=audit, resource=resource or (audit.resource if audit else None)
+    )
 
 
 PUBLIC = Rule(public=True)
 ADMIN_ONLY = allow()
 
 
+_CONTACT = "contact/{contact_id}"
+
+
 def _contact(action: str, *fields: str, body: bool = False) -> Audit:
-    return Audit(action, "contact/{contact_id}", fields, body)
+    return Audit(action, _CONTACT, fields, body)
 
 
 CONTACT_FIELDS = ("external_id", "email", "timezone", "attributes")
@@ -88,11 +95,15 @@ CONTACT_FIELDS = ("external_id", "email", "timezone", "attributes")
 # (METHOD, path template) -> rule. Path parameter names do not matter for matching.
 _RULES: dict[tuple[str, str], Rule] = {
     # --- contacts (PHI) -------------------------------------------------------------
-    # Upsert and patch are audited in the router, which knows the contact id it wrote.
-    ("POST", "/v1/contacts"): allow(DESIGNER, OPERATOR, INTEGRATION),
-    ("GET", "/v1/contacts/{contact_id}"): allow(DESIGNER, OPERATOR, INTEGRATION, AUDITOR),
-    ("PATCH", "/v1/contacts/{contact_id}"): allow(DESIGNER, OPERATOR, INTEGRATION),
-    ("DELETE", "/v1/contacts/{contact_id}"): allow(OPERATOR),
+    # The contacts router audits these itself: it knows the id written and the fields shown.
+    ("POST", "/v1/contacts"): allow(DESIGNER, OPERATOR, INTEGRATION, resource="contacts"),
+    ("GET", "/v1/contacts/{contact_id}"): allow(
+        DESIGNER, OPERATOR, INTEGRATION, AUDITOR, resource=_CONTACT
+    ),
+    ("PATCH", "/v1/contacts/{contact_id}"): allow(
+        DESIGNER, OPERATOR, INTEGRATION, resource=_CONTACT
+    ),
+    ("DELETE", "/v1/contacts/{contact_id}"): allow(OPERATOR, resource=_CONTACT),
     ("POST", "/v1/contacts/import"): allow(
         DESIGNER, OPERATOR, INTEGRATION, audit=Audit("import", "contacts")
     ),
@@ -210,10 +221,38 @@ def rule_for(method: str, path_template: str) -> Rule | None:
 
 
 def route_template(request: Request) -> str:
-    """The template of the route being served ("/v1/contacts/{contact_id}")."""
+    """The full template of the route being served ("/v1/contacts/{contact_id}").
+
+    FastAPI >= 0.16x keeps included routers whole: scope["route"] is then the router's
+    own route with a path RELATIVE to its prefix, and the full template sits in the
+    effective route context. Older FastAPI copies routes with the full path.
+    """
+    fastapi_scope = request.scope.get("fastapi")
+    if isinstance(fastapi_scope, Mapping):
+        effective = fastapi_scope.get("effective_route_context")
+        path_format = getattr(effective, "path_format", None)
+        if path_format:
+            return str(path_format)
     route = request.scope.get("route")
-    path = getattr(route, "path", None)
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
     return str(path) if path else request.url.path
+
+
+def app_endpoints(routes: Iterable[Any]) -> list[tuple[str, str]]:
+    """(METHOD, full path template) of every route of an app, HEAD folded into GET."""
+    try:  # FastAPI >= 0.16x: included routers are expanded lazily
+        from fastapi.routing import iter_route_contexts
+
+        contexts: Iterable[Any] = iter_route_contexts(list(routes))
+    except ImportError:
+        contexts = routes
+    found: set[tuple[str, str]] = set()
+    for route in contexts:
+        path = getattr(route, "path_format", None) or getattr(route, "path", None)
+        for method in getattr(route, "methods", None) or ():
+            if path and method != "HEAD":
+                found.add((method, str(path)))
+    return sorted(found, key=lambda e: (e[1], e[0]))
 
 
 def rule_for_request(request: Request) -> Rule | None:

@@ -160,6 +160,8 @@ async def preflight(operation: str, request: Request, settings: SettingsDep) -> 
     method = (request.headers.get("access-control-request-method") or "").upper()
     if operation not in OPERATIONS:
         return JSONResponse(error_body("not_found", "no such codec operation"), 404)
+    if not origin:
+        return JSONResponse(error_body("bad_request", "not a CORS preflight (no Origin)"), 400)
     if origin not in codec_auth.ui_origins(settings) or method not in ("POST", ""):
         return JSONResponse(
             error_body("forbidden", "origin not allowed to use the codec server"), 403
@@ -219,7 +221,9 @@ async def login(request: Request, session: SessionDep, settings: SettingsDep) ->
     form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
     plaintext = (form.get("key") or [""])[0].strip()
     pepper = str(settings.secret_values()["api_key_pepper"])
-    key = await authenticate(session, plaintext, pepper) if plaintext else None
+    if not plaintext:
+        return _page("<p>Paste a key.</p>" + _FORM.format(endpoint=_endpoint(settings)), 422)
+    key = await authenticate(session, plaintext, pepper)
     if key is None:
         return _page(
             "<p>That key is not valid.</p>" + _FORM.format(endpoint=_endpoint(settings)), 401
