@@ -13,6 +13,9 @@ created, gets:
   from the path, and the client address masked on tracking and unsubscribe paths
   (a patient's IP next to their message's token is PHI).
 
+Libraries that log the data they carry at INFO/DEBUG are held at WARNING: aiosmtpd
+("mail.log", the dev SMTP sink) logs every RCPT TO address and message line.
+
 It is a LogRecord factory, so it applies to handlers configured later as well
 (uvicorn's dictConfig, pytest's caplog). `install()` is idempotent.
 """
@@ -42,6 +45,8 @@ OWN_PACKAGES = frozenset(
 )
 WITHHELD = "<message withheld: may carry data>"
 _MASKED_PATH_PREFIXES = ("/t/", "/u/")
+# Loggers that write payload data below WARNING.
+DATA_LOGGERS = ("mail.log",)
 _MAX_CHAIN = 10
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -125,6 +130,10 @@ def sanitize(record: logging.LogRecord) -> logging.LogRecord:
 
 
 def install() -> None:
+    for name in DATA_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
     previous = logging.getLogRecordFactory()
     if getattr(previous, "_journeys_logsafe", False):
         return

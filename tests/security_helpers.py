@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from temporalio.api.common.v1 import Payload
 
 from core.db import Database
 from core.models import Consent
@@ -56,3 +59,36 @@ async def send_wait_send_journey(
 async def enroll(api: httpx.AsyncClient, key: str, contact_id: str) -> None:
     r = await api.post(f"/v1/journeys/{key}/enrollments", json={"contact_ids": [contact_id]})
     assert r.status_code == 200 and r.json()["enrolled"] == 1, r.text
+
+
+def _is_repeated(fd: FieldDescriptor) -> bool:
+    flag = getattr(fd, "is_repeated", None)  # newer protobuf; `label` is deprecated
+    if flag is not None:
+        return bool(flag)
+    return bool(getattr(fd, "label") == FieldDescriptor.LABEL_REPEATED)
+
+
+def payloads_in(message: Message) -> list[Payload]:
+    """Every Payload anywhere inside a history proto."""
+    found: list[Payload] = []
+
+    def walk(m: Message) -> None:
+        if isinstance(m, Payload):
+            found.append(m)
+            return
+        for fd, value in m.ListFields():
+            entry = fd.message_type
+            if fd.type != FieldDescriptor.TYPE_MESSAGE or entry is None:
+                continue
+            if entry.GetOptions().map_entry:
+                if entry.fields_by_name["value"].type == FieldDescriptor.TYPE_MESSAGE:
+                    for v in value.values():
+                        walk(v)
+            elif _is_repeated(fd):
+                for v in value:
+                    walk(v)
+            else:
+                walk(value)
+
+    walk(message)
+    return found

@@ -6,13 +6,16 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest_asyncio
 from google.protobuf import json_format
 from sqlalchemy import update
 from sqlmodel import col, select
 from temporalio.api.common.v1 import Payloads
+from temporalio.client import Client
 from temporalio.converter import DataConverter
 
 from api import codec_auth
@@ -24,6 +27,19 @@ from core.models import ApiKey, AuditLog, utcnow
 from core.temporal import keyring
 
 UI = "http://127.0.0.1:8233"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def client(
+    settings: Settings, db: Database, temporal: Client
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of its own: the shared one may carry the admin key (the `api` fixture)."""
+    from api.main import create_app
+
+    app = create_app(settings, db=db, temporal=temporal)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5557))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
 
 
 def bearer(key: str, **extra: str) -> dict[str, str]:
@@ -59,7 +75,7 @@ async def last_audit_id(db: Database) -> int:
 
 
 async def test_operator_decodes_and_every_decode_is_audited(
-    app_client: httpx.AsyncClient, db: Database, settings: Settings, key_for: Any
+    client: httpx.AsyncClient, db: Database, settings: Settings, key_for: Any
 ) -> None:
     secret = f"clear-{uuid.uuid4().hex}"
     body = await encrypted_body(settings, {"contact_id": "c_1", "note": secret}, 7)
@@ -67,7 +83,7 @@ async def test_operator_decodes_and_every_decode_is_audited(
     since = await last_audit_id(db)
 
     op = await key_for("operator")
-    r = await app_client.post(
+    r = await client.post(
         "/codec/decode?preserveStorageRefs=true",  # as the UI calls it
         headers=bearer(op, **{"X-Namespace": "default", "Content-Type": "application/json"}),
         json=body,
@@ -85,14 +101,14 @@ async def test_operator_decodes_and_every_decode_is_audited(
 
 
 async def test_encode_then_decode_round_trips(
-    app_client: httpx.AsyncClient, settings: Settings, key_for: Any
+    client: httpx.AsyncClient, settings: Settings, key_for: Any
 ) -> None:
     secret = f"typed-in-ui-{uuid.uuid4().hex}"
     clear = json_format.MessageToDict(
         Payloads(payloads=DataConverter.default.payload_converter.to_payloads([{"reason": secret}]))
     )
     admin = await key_for("admin")
-    r = await app_client.post("/codec/encode", headers=bearer(admin), json=clear)
+    r = await client.post("/codec/encode", headers=bearer(admin), json=clear)
     assert r.status_code == 200
     sealed = r.json()
     meta = sealed["payloads"][0]["metadata"]
@@ -100,29 +116,29 @@ async def test_encode_then_decode_round_trips(
     assert base64.b64decode(meta["encryption-key-id"]).decode() == keyring(settings).active_id
     assert secret not in json.dumps(sealed)
     assert secret.encode() not in base64.b64decode(sealed["payloads"][0]["data"])
-    r = await app_client.post("/codec/decode", headers=bearer(admin), json=sealed)
+    r = await client.post("/codec/decode", headers=bearer(admin), json=sealed)
     assert values_of(r.json()) == [{"reason": secret}]
 
 
 async def test_only_admin_and_operator_may_decode(
-    app_client: httpx.AsyncClient, settings: Settings, key_for: Any
+    client: httpx.AsyncClient, settings: Settings, key_for: Any
 ) -> None:
     body = await encrypted_body(settings, "x")
-    r = await app_client.post("/codec/decode", json=body)
+    r = await client.post("/codec/decode", json=body)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-    r = await app_client.post("/codec/decode", headers=bearer("jk_bogus"), json=body)
+    r = await client.post("/codec/decode", headers=bearer("jk_bogus"), json=body)
     assert r.status_code == 401
     for role in ("designer", "marketer", "auditor", "integration"):
-        r = await app_client.post("/codec/decode", headers=bearer(await key_for(role)), json=body)
+        r = await client.post("/codec/decode", headers=bearer(await key_for(role)), json=body)
         assert r.status_code == 403, role
         assert "x" not in r.json().get("payloads", [])
 
 
 async def test_cors_for_the_temporal_ui_origin_only(
-    app_client: httpx.AsyncClient, settings: Settings, key_for: Any
+    client: httpx.AsyncClient, settings: Settings, key_for: Any
 ) -> None:
     for origin in (UI, "http://localhost:8233"):
-        r = await app_client.options(
+        r = await client.options(
             "/codec/decode",
             headers={
                 "Origin": origin,
@@ -139,7 +155,7 @@ async def test_cors_for_the_temporal_ui_origin_only(
         assert "POST" in r.headers["access-control-allow-methods"]
         assert r.headers["access-control-allow-private-network"] == "true"
 
-    r = await app_client.options(
+    r = await client.options(
         "/codec/decode",
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
     )
@@ -147,27 +163,27 @@ async def test_cors_for_the_temporal_ui_origin_only(
 
     op = await key_for("operator")
     body = await encrypted_body(settings, "x")
-    r = await app_client.post("/codec/decode", headers=bearer(op, Origin=UI), json=body)
+    r = await client.post("/codec/decode", headers=bearer(op, Origin=UI), json=body)
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] == UI and r.headers["vary"] == "Origin"
     # A foreign page is refused even with a valid key, and learns nothing.
-    r = await app_client.post(
+    r = await client.post(
         "/codec/decode", headers=bearer(op, Origin="https://evil.example"), json=body
     )
     assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
     # Errors to the UI carry CORS headers so it can show them.
-    r = await app_client.post("/codec/decode", headers={"Origin": UI}, json=body)
+    r = await client.post("/codec/decode", headers={"Origin": UI}, json=body)
     assert r.status_code == 401 and r.headers["access-control-allow-origin"] == UI
 
 
 async def test_browser_session_cookie_for_the_ui(
-    app_client: httpx.AsyncClient, db: Database, settings: Settings, key_for: Any
+    client: httpx.AsyncClient, db: Database, settings: Settings, key_for: Any
 ) -> None:
     op = await key_for("operator")
-    r = await app_client.get("/codec/login")
+    r = await client.get("/codec/login")
     assert r.status_code == 200 and 'type="password"' in r.text
 
-    r = await app_client.post(
+    r = await client.post(
         "/codec/login",
         content=f"key={op}",
         headers={"Content-Type": "application/x-www-form-urlencoded"},
@@ -177,11 +193,11 @@ async def test_browser_session_cookie_for_the_ui(
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
     assert "Path=/codec" in cookie and op not in cookie
     token = r.cookies[codec_auth.COOKIE]
-    app_client.cookies.clear()
+    client.cookies.clear()
 
     body = await encrypted_body(settings, {"n": 1})
     since = await last_audit_id(db)
-    r = await app_client.post(
+    r = await client.post(
         "/codec/decode",
         headers={"Origin": UI, "X-Namespace": "default"},
         cookies={codec_auth.COOKIE: token},
@@ -193,7 +209,7 @@ async def test_browser_session_cookie_for_the_ui(
     ]
 
     # A forged or altered session is refused, and so is one whose key was revoked.
-    r = await app_client.post(
+    r = await client.post(
         "/codec/decode", cookies={codec_auth.COOKIE: token[:-2] + "xx"}, json=body
     )
     assert r.status_code == 401
@@ -204,38 +220,38 @@ async def test_browser_session_cookie_for_the_ui(
             .values(revoked_at=utcnow())
         )
         await s.commit()
-    r = await app_client.post("/codec/decode", cookies={codec_auth.COOKIE: token}, json=body)
+    r = await client.post("/codec/decode", cookies={codec_auth.COOKIE: token}, json=body)
     assert r.status_code == 401
-    app_client.cookies.clear()
+    client.cookies.clear()
 
 
 async def test_login_refuses_roles_without_codec_access_and_foreign_pages(
-    app_client: httpx.AsyncClient, key_for: Any
+    client: httpx.AsyncClient, key_for: Any
 ) -> None:
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     designer = await key_for("designer")
-    r = await app_client.post("/codec/login", content=f"key={designer}", headers=form)
+    r = await client.post("/codec/login", content=f"key={designer}", headers=form)
     assert r.status_code == 403 and "set-cookie" not in r.headers
-    r = await app_client.post("/codec/login", content="key=jk_nope", headers=form)
+    r = await client.post("/codec/login", content="key=jk_nope", headers=form)
     assert r.status_code == 401 and "set-cookie" not in r.headers
     op = await key_for("operator")
-    r = await app_client.post(
+    r = await client.post(
         "/codec/login", content=f"key={op}", headers={**form, "Origin": "https://evil.example"}
     )
     assert r.status_code == 403 and "set-cookie" not in r.headers
-    app_client.cookies.clear()
+    client.cookies.clear()
 
 
 async def test_other_namespaces_and_bad_payloads_are_refused(
-    app_client: httpx.AsyncClient, settings: Settings, key_for: Any
+    client: httpx.AsyncClient, settings: Settings, key_for: Any
 ) -> None:
     op = await key_for("operator")
     body = await encrypted_body(settings, "x")
-    r = await app_client.post(
+    r = await client.post(
         "/codec/decode", headers=bearer(op, **{"X-Namespace": "other"}), json=body
     )
     assert r.status_code == 403
-    r = await app_client.post(
+    r = await client.post(
         "/codec/decode", headers=bearer(op, **{"X-Namespace": "undefined"}), json=body
     )
     assert r.status_code == 200
@@ -244,13 +260,13 @@ async def test_other_namespaces_and_bad_payloads_are_refused(
     data = bytearray(base64.b64decode(tampered["payloads"][0]["data"]))
     data[-1] ^= 1
     tampered["payloads"][0]["data"] = base64.b64encode(bytes(data)).decode()
-    r = await app_client.post("/codec/decode", headers=bearer(op), json=tampered)
+    r = await client.post("/codec/decode", headers=bearer(op), json=tampered)
     assert r.status_code == 422 and r.json()["error"]["code"] == "undecryptable"
     assert keyring(settings).active_id in r.json()["error"]["message"]
 
-    r = await app_client.post("/codec/decode", headers=bearer(op), content=b"{not json")
+    r = await client.post("/codec/decode", headers=bearer(op), content=b"{not json")
     assert r.status_code == 422
-    r = await app_client.post("/codec/decode", headers=bearer(op), json={"payloads": "nope"})
+    r = await client.post("/codec/decode", headers=bearer(op), json={"payloads": "nope"})
     assert r.status_code == 422
 
 

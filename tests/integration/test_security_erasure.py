@@ -196,7 +196,7 @@ async def test_erasure_removes_phi_keeps_suppression_and_audit_and_exits_runs(
         return run if run.status == "exited" else None
 
     run = await eventually(exited, timeout=20)
-    assert run.exit_reason == "erased"
+    assert run is not None and run.exit_reason == "erased"
     async with db.session() as s:
         sends = (await s.exec(select(Send).where(Send.run_id == run.id))).all()
     assert [x.step for x in sends] == ["first"]  # the second send never happened
