@@ -22,6 +22,7 @@ from services.context import ServiceContext
 from services.errors import Invalid
 
 MAX_PAGE = 1000
+_MAX_ID = 2**63 - 1  # bigint
 _LIKE_SPECIALS = re.compile(r"([\\%_])")
 
 
@@ -82,6 +83,18 @@ async def ensure_written(ctx: ServiceContext, row: AuditLog) -> None:
 _COPY = ("at", "actor", "role", "action", "resource", "fields", "request_id", "details")
 
 
+def _utc(when: datetime | None, field: str) -> datetime | None:
+    """A time without a zone means UTC (not the database session's zone)."""
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+14:00
+        raise Invalid("time is out of range", {"field": field}) from None
+
+
 def audit_out(row: AuditLog) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -111,9 +124,16 @@ async def query(
 ) -> tuple[Sequence[AuditLog], str | None]:
     """Newest first, keyset-paged by id. `resource` is exact, or a prefix when it ends
     with "*" ("contact/*"). Returns (rows, next_cursor)."""
-    # A time without a zone means UTC (not the database session's zone).
-    since = since.replace(tzinfo=UTC) if since and since.tzinfo is None else since
-    until = until.replace(tzinfo=UTC) if until and until.tzinfo is None else until
+    since, until = _utc(since, "from"), _utc(until, "to")
+    for name, value in (
+        ("actor", actor),
+        ("role", role),
+        ("action", action),
+        ("resource", resource),
+        ("request_id", request_id),
+    ):
+        if value is not None and "\x00" in value:  # PostgreSQL text cannot hold NUL
+            raise Invalid(f"{name} contains a NUL character", {"field": name})
     if not 1 <= limit <= MAX_PAGE:
         raise Invalid(f"limit must be between 1 and {MAX_PAGE}", {"field": "limit"})
     q = select(AuditLog)
@@ -138,7 +158,7 @@ async def query(
         else:
             q = q.where(AuditLog.resource == resource)
     if cursor:
-        if not cursor.isdigit() or len(cursor) > 19:
+        if not cursor.isascii() or not cursor.isdigit() or int(cursor) > _MAX_ID:
             raise Invalid("cursor is not one this API returned", {"field": "cursor"})
         q = q.where(col(AuditLog.id) < int(cursor))
     q = q.order_by(col(AuditLog.id).desc()).limit(limit + 1)

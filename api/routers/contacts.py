@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 
 from api.deps import Authorized
 from api.policy import field_names, redact
@@ -10,6 +10,9 @@ from services import audit, erasure
 from services import contacts as svc
 
 router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
+
+# Opaque ids ("c_<hex>"): anything else is refused before it reaches the database.
+ContactId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 # Who may call each route: api/policy.py. Every call is audited here (field names only).
 
@@ -40,14 +43,16 @@ async def upsert_contact(
 
 
 @router.get("/{contact_id}")
-async def get_contact(ctx: Authorized, contact_id: str) -> dict[str, Any]:
+async def get_contact(ctx: Authorized, contact_id: ContactId) -> dict[str, Any]:
     out = _out(ctx, await svc.get_contact(ctx, contact_id))
     await audit.record(ctx, "read", f"contact/{contact_id}", _shown(out))
     return out
 
 
 @router.patch("/{contact_id}")
-async def patch_contact(ctx: Authorized, contact_id: str, body: svc.ContactPatch) -> dict[str, Any]:
+async def patch_contact(
+    ctx: Authorized, contact_id: ContactId, body: svc.ContactPatch
+) -> dict[str, Any]:
     # Staged first: it commits with the change, or not at all.
     audit.stage(
         ctx, "update", f"contact/{contact_id}", field_names(body.model_dump(exclude_unset=True))
@@ -56,7 +61,7 @@ async def patch_contact(ctx: Authorized, contact_id: str, body: svc.ContactPatch
 
 
 @router.delete("/{contact_id}", status_code=204)
-async def erase_contact(ctx: Authorized, contact_id: str) -> Response:
+async def erase_contact(ctx: Authorized, contact_id: ContactId) -> Response:
     """Erases the contact's PHI, keeps suppressions and the audit trail, exits its runs."""
     await erasure.erase_contact(ctx, contact_id)
     return Response(status_code=204)

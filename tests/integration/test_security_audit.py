@@ -185,8 +185,14 @@ async def test_audit_api_filters_and_pages(
         i["resource"].startswith("contact/") for i in r.json()["items"]
     )
 
-    r = await app_client.get("/v1/audit", headers=bearer(auditor), params={"cursor": "abc"})
-    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "cursor"
+    for params, field in [
+        ({"cursor": "abc"}, "cursor"),
+        ({"cursor": "99999999999999999999"}, "cursor"),  # past bigint
+        ({"actor": "a\x00b"}, "actor"),
+        ({"from": "0001-01-01T00:00:00+14:00"}, "from"),
+    ]:
+        r = await app_client.get("/v1/audit", headers=bearer(auditor), params=params)
+        assert r.status_code == 422 and r.json()["error"]["details"]["field"] == field, params
     for role in ("operator", "designer", "marketer", "integration"):
         r = await app_client.get("/v1/audit", headers=bearer(await key_for(role)))
         assert r.status_code == 403, role
