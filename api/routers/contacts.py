@@ -5,9 +5,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 
 from api.deps import Authorized
-from api.policy import field_names, redact
+from api.policy import CONTACT_FIELDS, field_names, redact
+from core.models import Contact
 from services import audit, erasure
 from services import contacts as svc
+from services.context import ServiceContext
 
 router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
 
@@ -17,12 +19,12 @@ ContactId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 # Who may call each route: api/policy.py. Every call is audited here (field names only).
 
 
-def _out(ctx: Authorized, c: Any) -> dict[str, Any]:
+def _out(ctx: ServiceContext, c: Contact) -> dict[str, Any]:
     return redact("contact", svc.contact_out(c), ctx.actor.role)
 
 
 def _shown(out: dict[str, Any]) -> list[str]:
-    return [f for f in ("external_id", "email", "timezone", "attributes") if f in out]
+    return [f for f in CONTACT_FIELDS if f in out]
 
 
 @router.post("", status_code=200)
