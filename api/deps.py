@@ -99,7 +99,7 @@ async def body_field_names(request: Request) -> list[str]:
         return []
     try:
         return policy.field_names(json.loads(await request.body()))
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
 
 

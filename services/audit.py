@@ -26,6 +26,11 @@ _MAX_ID = 2**63 - 1  # bigint
 _LIKE_SPECIALS = re.compile(r"([\\%_])")
 
 
+def _text(value: str, limit: int) -> str:
+    # PostgreSQL text cannot hold NUL; names and paths come from requests, so bound them.
+    return value.replace("\x00", "")[:limit]
+
+
 def stage(
     ctx: ServiceContext,
     action: str,
@@ -39,8 +44,8 @@ def stage(
         actor=ctx.actor.id,
         role=ctx.actor.role,
         action=action,
-        resource=resource,
-        fields=sorted(set(fields)),
+        resource=_text(resource, 300),
+        fields=sorted({_text(f, 200) for f in fields}),
         request_id=ctx.actor.request_id,
         details=dict(details) if details else None,
     )
