@@ -65,7 +65,7 @@ def _is_repeated(fd: FieldDescriptor) -> bool:
     flag = getattr(fd, "is_repeated", None)  # newer protobuf; `label` is deprecated
     if flag is not None:
         return bool(flag)
-    return bool(getattr(fd, "label") == FieldDescriptor.LABEL_REPEATED)
+    return bool(getattr(fd, "label") == FieldDescriptor.LABEL_REPEATED)  # noqa: B009 (stubs lack it)
 
 
 def payloads_in(message: Message) -> list[Payload]:
