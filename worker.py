@@ -13,6 +13,7 @@ from temporalio.worker import Worker
 from activities.runs import RunActivities
 from activities.sending import SendActivities
 from activities.smtp import SmtpTransport, parse_smtp_url
+from core import logsafe
 from core.config import Settings, get_settings
 from core.db import Database
 from core.temporal import connect
@@ -35,6 +36,7 @@ def activities(db: Database, settings: Settings) -> list[Any]:
 
 
 def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
+    logsafe.install()  # no PHI in logs: exception messages of libraries are withheld
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,

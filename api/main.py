@@ -12,6 +12,7 @@ from temporalio.client import Client
 
 from api import errors
 import api.routers
+from core import logsafe
 from core.config import Settings, get_settings
 from core.db import Database
 from core.temporal import connect
@@ -24,6 +25,7 @@ def create_app(
     temporal: Client | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
+    logsafe.install()  # no PHI in logs: exception messages of libraries are withheld
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -263,6 +263,11 @@ class AuditLog(SQLModel, table=True):
     """Append-only: who read or changed what (field names, never values)."""
 
     __tablename__ = "audit_log"
+    __table_args__ = (
+        # Filters of GET /v1/audit: by actor, and by resource prefix ("contact/c_...").
+        Index("ix_audit_log_actor", "actor", "id"),
+        Index("ix_audit_log_resource", "resource", postgresql_ops={"resource": "text_pattern_ops"}),
+    )
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
     at: datetime = _ts(index=True)
     actor: str  # api key id, "system" or "cli"
@@ -271,6 +276,8 @@ class AuditLog(SQLModel, table=True):
     resource: str  # e.g. "contact/c_..."
     fields: list[str] = _json(list)
     request_id: str | None = None
+    # Non-PHI facts about the access, e.g. {"namespace": "default", "payloads": 3}.
+    details: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
 
 
 class OutboxMessage(SQLModel, table=True):

@@ -55,6 +55,9 @@ async def ensure_admin_key(db: Database, settings: Settings) -> str | None:
 
 
 async def run_dev(settings: Settings, say: Say = print) -> int:
+    from core import logsafe
+
+    logsafe.install()  # the SMTP sink runs in this process: no message data in its logs
     home = settings.home
     home.mkdir(parents=True, exist_ok=True)
     _check_ports(settings)
@@ -110,6 +113,9 @@ async def run_dev(settings: Settings, say: Say = print) -> int:
         ui = f"http://127.0.0.1:{settings.temporal_ui_port}" if temporal else "(external Temporal)"
         say(f"  Temporal UI   {ui}")
         say(f"  Outbox        {base}/dev/outbox")
+        if temporal:
+            say(f"  Codec login   {base}/codec/login  (clear payloads in the Temporal UI for")
+            say("                operator/admin keys; see README 'Privacy and security')")
         if admin_key:
             say(f"  admin API key (shown once; also in {home / 'admin.key'}): {admin_key}")
         else:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 14:31:41.655766
+Create Date: 2026-11-22 14:47:04.123263
 """
 from collections.abc import Sequence
 
@@ -39,9 +39,12 @@ def upgrade() -> None:
     sa.Column('resource', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('fields', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
     sa.Column('request_id', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('details', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
+    op.create_index('ix_audit_log_actor', 'audit_log', ['actor', 'id'], unique=False)
     op.create_index(op.f('ix_audit_log_at'), 'audit_log', ['at'], unique=False)
+    op.create_index('ix_audit_log_resource', 'audit_log', ['resource'], unique=False, postgresql_ops={'resource': 'text_pattern_ops'})
     op.create_table('contact',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('external_id', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
@@ -287,7 +290,9 @@ def downgrade() -> None:
     op.drop_index(op.f('ix_contact_external_id'), table_name='contact')
     op.drop_index(op.f('ix_contact_email_hash'), table_name='contact')
     op.drop_table('contact')
+    op.drop_index('ix_audit_log_resource', table_name='audit_log', postgresql_ops={'resource': 'text_pattern_ops'})
     op.drop_index(op.f('ix_audit_log_at'), table_name='audit_log')
+    op.drop_index('ix_audit_log_actor', table_name='audit_log')
     op.drop_table('audit_log')
     op.drop_index(op.f('ix_api_key_prefix'), table_name='api_key')
     op.drop_table('api_key')
