@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
+from sqlalchemy.exc import DBAPIError
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -46,6 +48,18 @@ def install(app: FastAPI) -> None:
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        # PostgreSQL refused a value the request carried (NUL in text, number out of range,
+        # bad date...): the client's input, not our fault. The transaction rolled back whole.
+        if isinstance(exc.orig, psycopg.errors.DataError):
+            return JSONResponse(
+                error_body("invalid", "a value in the request cannot be stored (out of range or not allowed characters)"),
+                status_code=422,
+            )
+        log.error("database error %s on %s %s", type(exc.orig).__name__, request.method, request.url.path)
+        return JSONResponse(error_body("internal", "internal error"), status_code=500)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
