@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import text
-
 from core.models import AuditLog, Journey
 from services.context import ServiceContext
 from services.errors import Forbidden, Invalid, NotFound
 from services.report_privacy import may_see_phi
-from services.report_rollup import ALL, NON_AUTOMATED
+from services.report_rollup import ALL, NON_AUTOMATED, run_sql
 from services.reports import VERDICTS, Period, resolve_mode
 
 METRICS = ("received", "opened", "clicked")
@@ -49,7 +47,12 @@ async def step_contacts(
     if await ctx.session.get(Journey, key) is None:
         raise NotFound("journey not found", {"journey": key})
 
-    params: dict[str, Any] = {"journey": key, "step": step, "cursor": cursor or "", "limit": limit + 1}
+    params: dict[str, Any] = {
+        "journey": key,
+        "step": step,
+        "cursor": cursor or "",
+        "limit": limit + 1,
+    }
     filters = ""
     if version is not None:
         filters += " AND x.version = :version"
@@ -75,14 +78,13 @@ async def step_contacts(
             "AND x.kind = :kind AND x.vclass = :vclass AND x.link = :link"
         )
     rows = (
-        await ctx.session.execute(
-            text(
-                "SELECT x.send_id, s.contact_id, c.external_id, x.version, x.day, s.sent_at "
-                f"FROM (SELECT * FROM {source}{filters} AND x.send_id > :cursor "
-                "ORDER BY x.send_id LIMIT :limit) x "
-                "JOIN send s ON s.id = x.send_id LEFT JOIN contact c ON c.id = s.contact_id "
-                "ORDER BY x.send_id"
-            ),
+        await run_sql(
+            ctx.session,
+            "SELECT x.send_id, s.contact_id, c.external_id, x.version, x.day, s.sent_at "
+            f"FROM (SELECT * FROM {source}{filters} AND x.send_id > :cursor "
+            "ORDER BY x.send_id LIMIT :limit) x "
+            "JOIN send s ON s.id = x.send_id LEFT JOIN contact c ON c.id = s.contact_id "
+            "ORDER BY x.send_id",
             params,
         )
     ).all()
@@ -114,7 +116,7 @@ async def step_contacts(
                 "sent_at": sent_at,
                 "day": day,  # received: the send's day; opened/clicked: the first one's day
             }
-            for send_id, contact_id, external_id, ver, day, sent_at in rows
+            for send_id, contact_id, external_id, ver, day, sent_at in map(tuple, rows)
         ],
         "next_cursor": rows[-1][0] if more and rows else None,
     }

@@ -30,11 +30,7 @@ def suppress_small_counts(node: Any) -> bool:
     found = False
     if isinstance(node, dict):
         for key, value in list(node.items()):
-            if (
-                type(value) is int
-                and key not in NOT_COUNTS
-                and 0 < value < THRESHOLD
-            ):
+            if type(value) is int and key not in NOT_COUNTS and 0 < value < THRESHOLD:
                 node[key] = None
                 node["suppressed"] = True
                 found = True

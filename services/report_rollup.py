@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Result, text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 SHARDS = 4  # counter rows per key, spread by source id, so concurrent writers rarely wait
@@ -71,8 +71,14 @@ SELECT {KEY}, sum(n) FROM {delta} GROUP BY {KEY} HAVING sum(n) <> 0 ORDER BY {KE
 ON CONFLICT ({KEY}) DO UPDATE SET count = rc.count + EXCLUDED.count"""
 
 
+async def run_sql(session: AsyncSession, sql: str, params: Mapping[str, Any]) -> Result[Any]:
+    """Raw SQL on the session's connection, inside the caller's transaction."""
+    conn = await session.connection()
+    return await conn.execute(text(sql), dict(params))
+
+
 async def _exec(session: AsyncSession, sql: str, sel: Selection) -> None:
-    await session.execute(text(sql), dict(sel.params))
+    await run_sql(session, sql, sel.params)
 
 
 # --- steps -------------------------------------------------------------------------
@@ -117,7 +123,8 @@ async def on_steps_recorded(session: AsyncSession, run_id: str, records: Iterabl
         await rollup_steps(
             session,
             Selection(
-                "SELECT id FROM step_log WHERE run_id = :sel_run AND seq = ANY(CAST(:sel_seqs AS int[]))",
+                "SELECT id FROM step_log "
+                "WHERE run_id = :sel_run AND seq = ANY(CAST(:sel_seqs AS int[]))",
                 {"sel_run": run_id, "sel_seqs": seqs},
             ),
         )
@@ -235,7 +242,9 @@ upd AS (
 async def rollup_sends(session: AsyncSession, sel: Selection) -> None:
     """sent / blocked (by reason) / failed / uncertain; delivered, bounced, complained;
     unsubscribed through the message."""
-    for sql in _lock("report_send_state", "send_id", f"SELECT id FROM send WHERE id IN ({sel.sql})"):
+    for sql in _lock(
+        "report_send_state", "send_id", f"SELECT id FROM send WHERE id IN ({sel.sql})"
+    ):
         await _exec(session, sql, sel)
     await _exec(session, _SENDS.format(sel=sel.sql), sel)
 
@@ -362,9 +371,13 @@ async def backfill(session: AsyncSession, journey_key: str) -> None:
     data or to catch up rows written before a writer called its hook. Idempotent.
     """
     p = {"sel_journey": journey_key}
-    await rollup_steps(session, Selection("SELECT id FROM step_log WHERE journey_key = :sel_journey", p))
+    await rollup_steps(
+        session, Selection("SELECT id FROM step_log WHERE journey_key = :sel_journey", p)
+    )
     await rollup_runs(session, Selection("SELECT id FROM run WHERE journey_key = :sel_journey", p))
-    await rollup_sends(session, Selection("SELECT id FROM send WHERE journey_key = :sel_journey", p))
+    await rollup_sends(
+        session, Selection("SELECT id FROM send WHERE journey_key = :sel_journey", p)
+    )
     await rollup_tracking(
         session,
         Selection(

@@ -11,18 +11,25 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
 from sqlmodel import col, select
 
 from core.models import Journey, JourneyVersion, Setting
 from services.context import ServiceContext
 from services.errors import Invalid, NotFound
 from services.report_privacy import THRESHOLD, may_see_phi, ratio, suppress_small_counts
-from services.report_rollup import ALL, NON_AUTOMATED
+from services.report_rollup import ALL, NON_AUTOMATED, run_sql
 
 VERDICTS = ("human", "automated", "unknown")
 # Exit reasons always listed (zero when none), so a report reads the same every time.
-EXIT_REASONS = ("completed", "goal", "exit_when", "loop_guard", "unsubscribed", "operator", "erased")
+EXIT_REASONS = (
+    "completed",
+    "goal",
+    "exit_when",
+    "loop_guard",
+    "unsubscribed",
+    "operator",
+    "erased",
+)
 SETTING_KEY = "exclude_automated_events"
 MAX_DAYS = 400  # engagement report range
 
@@ -47,7 +54,9 @@ def parse_day(value: str | None, name: str) -> date | None:
             return date.fromisoformat(value)
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise Invalid(f"{name} must be a date (YYYY-MM-DD) or an ISO datetime", {"field": name}) from None
+        raise Invalid(
+            f"{name} must be a date (YYYY-MM-DD) or an ISO datetime", {"field": name}
+        ) from None
     return (dt if dt.tzinfo is None else dt.astimezone(UTC)).date()
 
 
@@ -122,9 +131,11 @@ class Counts:
         return any(self.by.get(m) for m in metrics)
 
 
-def _where(journey: str | None, version: int | None, period: Period,
-           template: str | None = None) -> tuple[str, dict[str, Any]]:
-    clauses, params = ["true"], {}
+def _where(
+    journey: str | None, version: int | None, period: Period, template: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    clauses: list[str] = ["true"]
+    params: dict[str, Any] = {}
     if journey is not None:
         clauses.append("journey_key = :journey")
         params["journey"] = journey
@@ -156,11 +167,14 @@ def engagement_block(c: Counts, kind: str, include_automated: bool) -> dict[str,
         "unique": c.get(uniq, NON_AUTOMATED),
     }
     mode = everything if include_automated else non_auto
-    reasons = sorted(
-        ({"verdict": v, "reason": r or None, "count": n}
-         for (v, r), n in c.by.get(kind, {}).items() if n),
-        key=lambda e: (VERDICTS.index(e["verdict"]) if e["verdict"] in VERDICTS else 9, -e["count"]),
-    )
+    order = {v: i for i, v in enumerate(VERDICTS)}
+    reasons: list[dict[str, Any]] = [
+        {"verdict": v, "reason": r or None, "count": n}
+        for (v, r), n in sorted(
+            c.by.get(kind, {}).items(), key=lambda kv: (order.get(kv[0][0], 9), -kv[1], kv[0][1])
+        )
+        if n
+    ]
     return {
         "total": mode["total"],
         "unique": mode["unique"],
@@ -169,7 +183,9 @@ def engagement_block(c: Counts, kind: str, include_automated: bool) -> dict[str,
         "excluding_automated": dict(non_auto),
         "by_reason": reasons,
         "machine_by_reason": [
-            {"reason": e["reason"], "count": e["count"]} for e in reasons if e["verdict"] == "automated"
+            {"reason": e["reason"], "count": e["count"]}
+            for e in reasons
+            if e["verdict"] == "automated"
         ],
     }
 
@@ -210,7 +226,10 @@ def send_block(c: Counts, templates: list[str], include_automated: bool) -> dict
     by_link = []
     for link in links:
         per = {
-            v: {"total": c.get("click_link", v, link), "unique": c.get("unique_click_link", v, link)}
+            v: {
+                "total": c.get("click_link", v, link),
+                "unique": c.get("unique_click_link", v, link),
+            }
             for v in VERDICTS
         }
         everything = {
@@ -222,8 +241,16 @@ def send_block(c: Counts, templates: list[str], include_automated: bool) -> dict
             "unique": c.get("unique_click_link", NON_AUTOMATED, link),
         }
         mode = everything if include_automated else non_auto
-        by_link.append({"link": link, "total": mode["total"], "unique": mode["unique"], **per,
-                        "including_automated": everything, "excluding_automated": non_auto})
+        by_link.append(
+            {
+                "link": link,
+                "total": mode["total"],
+                "unique": mode["unique"],
+                **per,
+                "including_automated": everything,
+                "excluding_automated": non_auto,
+            }
+        )
     clicks = engagement_block(c, "click", include_automated)
     clicks["by_link"] = by_link
     return {
@@ -280,18 +307,18 @@ async def journey_report(
 
     where, params = _where(key, version, period)
     rows = (
-        await ctx.session.execute(
-            text(
-                "SELECT step, template_key, metric, verdict, dimension, sum(count) "
-                f"FROM report_counter WHERE {where} "
-                "GROUP BY step, template_key, metric, verdict, dimension"
-            ),
+        await run_sql(
+            ctx.session,
+            "SELECT step, template_key, metric, verdict, dimension, sum(count) "
+            f"FROM report_counter WHERE {where} "
+            "GROUP BY step, template_key, metric, verdict, dimension",
             params,
         )
     ).all()
     per_step: dict[str, Counts] = defaultdict(Counts)
     templates: dict[str, set[str]] = defaultdict(set)
-    for step, template, metric, verdict, dimension, n in rows:
+    for row in rows:
+        step, template, metric, verdict, dimension, n = tuple(row)
         per_step[step].add(metric, verdict, dimension, int(n))
         if template and metric == "sent" and n:
             templates[step].add(template)
@@ -366,11 +393,23 @@ async def journey_report(
 # --- GET /v1/reports/engagement -----------------------------------------------------------
 
 _ENGAGEMENT_METRICS = (
-    "sent", "delivered", "bounced", "complained", "unsubscribed", "blocked",
-    "open", "click", "unique_open", "unique_click",
+    "sent",
+    "delivered",
+    "bounced",
+    "complained",
+    "unsubscribed",
+    "blocked",
+    "open",
+    "click",
+    "unique_open",
+    "unique_click",
 )
-GROUPS = {"none": (), "journey": ("journey_key",), "template": ("template_key",),
-          "journey_template": ("journey_key", "template_key")}
+GROUPS = {
+    "none": (),
+    "journey": ("journey_key",),
+    "template": ("template_key",),
+    "journey_template": ("journey_key", "template_key"),
+}
 
 
 async def engagement_report(
@@ -396,19 +435,20 @@ async def engagement_report(
     params["metrics"] = list(_ENGAGEMENT_METRICS)
     group_sql = "".join(f"{c_}, " for c_ in cols)
     rows = (
-        await ctx.session.execute(
-            text(
-                f"SELECT day, {group_sql}metric, verdict, dimension, sum(count) "
-                f"FROM report_counter WHERE {where} AND metric = ANY(CAST(:metrics AS text[])) "
-                f"GROUP BY day, {group_sql}metric, verdict, dimension"
-            ),
+        await run_sql(
+            ctx.session,
+            f"SELECT day, {group_sql}metric, verdict, dimension, sum(count) "
+            f"FROM report_counter WHERE {where} AND metric = ANY(CAST(:metrics AS text[])) "
+            f"GROUP BY day, {group_sql}metric, verdict, dimension",
             params,
         )
     ).all()
     buckets: dict[tuple[Any, ...], Counts] = defaultdict(Counts)
     totals = Counts()
     for row in rows:
-        day, groups, (metric, verdict, dimension, n) = row[0], tuple(row[1:1 + len(cols)]), row[-4:]
+        values = tuple(row)
+        day, groups = values[0], values[1 : 1 + len(cols)]
+        metric, verdict, dimension, n = values[-4:]
         buckets[(day, *groups)].add(metric, verdict, dimension, int(n))
         totals.add(metric, verdict, dimension, int(n))
     if not cols:  # every day of the range, so a chart has no holes

@@ -22,8 +22,10 @@ From = Annotated[str | None, Query(alias="from", description="first day, YYYY-MM
 To = Annotated[str | None, Query(alias="to", description="last day, inclusive, YYYY-MM-DD (UTC)")]
 IncludeAutomated = Annotated[
     bool | None,
-    Query(description="count automated opens/clicks in totals and rates; "
-          "default: the account setting exclude_automated_events"),
+    Query(
+        description="count automated opens/clicks in totals and rates; "
+        "default: the account setting exclude_automated_events"
+    ),
 ]
 Format = Annotated[Literal["json", "csv"] | None, Query(description="json (default) or csv")]
 

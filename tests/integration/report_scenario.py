@@ -25,8 +25,15 @@ DAY2 = DAY1 + timedelta(days=1)
 
 POST_VISIT_STEPS: dict[str, Any] = {
     "thanks": {"type": "send_email", "template": "thanks", "next": "engaged?"},
-    "engaged?": {"type": "wait_for_engagement", "send_step": "thanks", "event": "click",
-                 "link": "book", "timeout": "P3D", "yes": "tag", "no": "nudge"},
+    "engaged?": {
+        "type": "wait_for_engagement",
+        "send_step": "thanks",
+        "event": "click",
+        "link": "book",
+        "timeout": "P3D",
+        "yes": "tag",
+        "no": "nudge",
+    },
     "nudge": {"type": "send_email", "template": "nudge", "next": "done"},
     "tag": {"type": "update_contact", "set": {"stage": "engaged"}, "next": "done"},
     "done": {"type": "exit"},
@@ -44,14 +51,31 @@ class Scenario:
 
     async def journey(self, steps: dict[str, Any] | None = None) -> None:
         steps = {
-            name: ({**spec, "template": self.template(spec["template"])} if "template" in spec else spec)
+            name: (
+                {**spec, "template": self.template(spec["template"])}
+                if "template" in spec
+                else spec
+            )
             for name, spec in (steps or POST_VISIT_STEPS).items()
         }
-        definition = {"key": self.key, "name": "Report test", "category": "care_reminders",
-                      "trigger": {"type": "manual"}, "start": next(iter(steps)), "steps": steps}
+        definition = {
+            "key": self.key,
+            "name": "Report test",
+            "category": "care_reminders",
+            "trigger": {"type": "manual"},
+            "start": next(iter(steps)),
+            "steps": steps,
+        }
         async with self.db.session() as s:
-            s.add(Journey(key=self.key, name="Report test", status="active", draft=definition,
-                          latest_version=self.version))
+            s.add(
+                Journey(
+                    key=self.key,
+                    name="Report test",
+                    status="active",
+                    draft=definition,
+                    latest_version=self.version,
+                )
+            )
             await s.commit()
             s.add(JourneyVersion(journey_key=self.key, version=self.version, definition=definition))
             await s.commit()
@@ -83,18 +107,26 @@ class Scenario:
         for seq, (step, action, outcome) in enumerate(path, start=1):
             if action == "entered":
                 visits[step] = visits.get(step, 0) + 1
-            records.append(StepRecord(seq, step, visits.get(step, 1), action,
-                                      at + timedelta(seconds=seq), outcome))
+            records.append(
+                StepRecord(
+                    seq, step, visits.get(step, 1), action, at + timedelta(seconds=seq), outcome
+                )
+            )
         acts = RunActivities(self.db)
         size = max(1, -(-len(records) // flushes))
-        batches = [records[i:i + size] for i in range(0, len(records), size)] or [[]]
+        batches = [records[i : i + size] for i in range(0, len(records), size)] or [[]]
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
             inp = RecordInput(
-                run_id=run_id, workflow_id=f"journey/{self.key}/{contact_id}",
-                journey_key=self.key, version=self.version, contact_id=contact_id,
-                records=batch, status=status if last else "running",
-                step=batch[-1].step if batch else None, visits=dict(visits),
+                run_id=run_id,
+                workflow_id=f"journey/{self.key}/{contact_id}",
+                journey_key=self.key,
+                version=self.version,
+                contact_id=contact_id,
+                records=batch,
+                status=status if last else "running",
+                step=batch[-1].step if batch else None,
+                visits=dict(visits),
                 exit_reason=exit_reason if last else None,
             )
             await acts.record_steps(inp)
@@ -128,10 +160,20 @@ class Scenario:
         send_key = f"{run_id}/{step}/1"
         async with self.db.session() as s:
             send = Send(
-                send_key=send_key, run_id=run_id, journey_key=self.key, version=self.version,
-                step=step, visit=1, contact_id=contact_id, template_key=template,
-                message_id=f"<{uuid.uuid4().hex}@test>", status=status, detail=detail,
-                delivery=delivery, attempts=1, created_at=at,
+                send_key=send_key,
+                run_id=run_id,
+                journey_key=self.key,
+                version=self.version,
+                step=step,
+                visit=1,
+                contact_id=contact_id,
+                template_key=template,
+                message_id=f"<{uuid.uuid4().hex}@test>",
+                status=status,
+                detail=detail,
+                delivery=delivery,
+                attempts=1,
+                created_at=at,
                 sent_at=at if status == "sent" else None,
                 unsubscribed_at=at + timedelta(hours=2) if unsubscribed else None,
             )
@@ -163,8 +205,15 @@ class Scenario:
         at: datetime = DAY1,
     ) -> str:
         async with self.db.session() as s:
-            ev = TrackingEvent(send_id=send_id, kind=kind, link=link, at=at, ip="192.0.2.1",
-                               user_agent="test", verdict=None)
+            ev = TrackingEvent(
+                send_id=send_id,
+                kind=kind,
+                link=link,
+                at=at,
+                ip="192.0.2.1",
+                user_agent="test",
+                verdict=None,
+            )
             s.add(ev)
             await s.commit()  # stored first, judged after (as the tracking endpoints do)
             ev.verdict, ev.reason, ev.confidence = verdict, reason, 0.9
@@ -188,7 +237,9 @@ class Scenario:
     async def sends_of(self, step: str) -> dict[str, str]:
         """run_id -> send_id for one step."""
         async with self.db.session() as s:
-            rows = (await s.exec(select(Send).where(Send.journey_key == self.key, Send.step == step))).all()
+            rows = (
+                await s.exec(select(Send).where(Send.journey_key == self.key, Send.step == step))
+            ).all()
         return {r.run_id: r.id for r in rows}
 
 
@@ -223,7 +274,11 @@ async def post_visit(sc: Scenario) -> dict[str, Any]:
         else:
             path += entered_left("engaged?", "nudge") + entered_left("nudge", "done")
         if not (i <= 3 or i >= 22):
-            path += [("done", "entered", None), ("done", "exited", "completed"), ("done", "left", None)]
+            path += [
+                ("done", "entered", None),
+                ("done", "exited", "completed"),
+                ("done", "left", None),
+            ]
         reason = "goal" if i <= 3 else "exit_when" if i >= 22 else "completed"
         status = "completed" if reason == "completed" else "exited"
         runs.append(await sc.run(cid, path, status=status, exit_reason=reason))
@@ -246,17 +301,24 @@ async def post_visit(sc: Scenario) -> dict[str, Any]:
         await sc.track(thanks[i], "open", "automated", "apple_mpp", at=t)
     for i in range(10):
         events[f"human-open-{i}"] = await sc.track(
-            thanks[i], "open", "human", "mail_client", at=DAY1 + timedelta(hours=3))
+            thanks[i], "open", "human", "mail_client", at=DAY1 + timedelta(hours=3)
+        )
     for i in range(5):
         await sc.track(thanks[i], "open", "human", "browser", at=DAY2)
     for i in (15, 16):
-        await sc.track(thanks[i], "open", "unknown", "unrecognised_client", at=DAY1 + timedelta(hours=4))
+        await sc.track(
+            thanks[i], "open", "unknown", "unrecognised_client", at=DAY1 + timedelta(hours=4)
+        )
     for i in range(12):
         for link in ("book", "info"):
             await sc.track(thanks[i], "click", "automated", "link_scanner", link=link, at=t)
     for i in range(6):
-        await sc.track(thanks[i], "click", "human", "browser", link="book", at=DAY1 + timedelta(hours=5))
-    await sc.track(thanks[6], "click", "human", "browser", link="info", at=DAY1 + timedelta(hours=5))
+        await sc.track(
+            thanks[i], "click", "human", "browser", link="book", at=DAY1 + timedelta(hours=5)
+        )
+    await sc.track(
+        thanks[6], "click", "human", "browser", link="info", at=DAY1 + timedelta(hours=5)
+    )
     await sc.track(thanks[0], "click", "human", "browser", link="book", at=DAY2)
     for i in range(6, 15):
         await sc.track(nudge[i], "open", "automated", "apple_mpp", at=t)

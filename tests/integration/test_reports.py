@@ -69,7 +69,9 @@ async def test_funnel_and_runs(pv: tuple[Scenario, dict[str, Any]], api: httpx.A
     assert done["went_to"] == [{"step": None, "count": 18}]
 
 
-async def test_sends_in_both_modes(pv: tuple[Scenario, dict[str, Any]], api: httpx.AsyncClient) -> None:
+async def test_sends_in_both_modes(
+    pv: tuple[Scenario, dict[str, Any]], api: httpx.AsyncClient
+) -> None:
     sc, _ = pv
     excl = await get_report(api, sc.key, include_automated="false")
     incl = await get_report(api, sc.key, include_automated="true")
@@ -92,8 +94,10 @@ async def test_sends_in_both_modes(pv: tuple[Scenario, dict[str, Any]], api: htt
         assert opens["including_automated"] == {"total": 32, "unique": 17}
         assert opens["excluding_automated"] == {"total": 17, "unique": 12}
         assert {(e["verdict"], e["reason"]): e["count"] for e in opens["by_reason"]} == {
-            ("human", "mail_client"): 10, ("human", "browser"): 5,
-            ("automated", "apple_mpp"): 15, ("unknown", "unrecognised_client"): 2,
+            ("human", "mail_client"): 10,
+            ("human", "browser"): 5,
+            ("automated", "apple_mpp"): 15,
+            ("unknown", "unrecognised_client"): 2,
         }
         assert opens["machine_by_reason"] == [
             {"reason": "apple_mpp", "count": 15, "share": round(15 / 32, 4)}
@@ -158,7 +162,9 @@ async def test_default_mode_follows_the_account_setting(
                 await s.commit()
 
 
-async def test_time_range_and_version(pv: tuple[Scenario, dict[str, Any]], api: httpx.AsyncClient) -> None:
+async def test_time_range_and_version(
+    pv: tuple[Scenario, dict[str, Any]], api: httpx.AsyncClient
+) -> None:
     sc, _ = pv
     day1, day2 = DAY1.date().isoformat(), DAY2.date().isoformat()
     first = step(await get_report(api, sc.key, **{"from": day1, "to": day1}), "thanks")["send"]
@@ -170,7 +176,10 @@ async def test_time_range_and_version(pv: tuple[Scenario, dict[str, Any]], api: 
     assert second["clicks"]["human"] == {"total": 1, "unique": 0}
     assert step(await get_report(api, sc.key, version=1), "thanks")["entered"] == 24
     r = await api.get(f"/v1/journeys/{sc.key}/report", params={"version": 7})
-    assert r.status_code == 404 and r.json()["error"]["details"] == {"journey": sc.key, "version": 7}
+    assert r.status_code == 404 and r.json()["error"]["details"] == {
+        "journey": sc.key,
+        "version": 7,
+    }
     r = await api.get(f"/v1/journeys/{sc.key}/report", params={"from": "yesterday"})
     assert r.status_code == 422 and r.json()["error"]["details"] == {"field": "from"}
     r = await api.get(f"/v1/journeys/{sc.key}/report", params={"from": day2, "to": day1})
@@ -179,11 +188,15 @@ async def test_time_range_and_version(pv: tuple[Scenario, dict[str, Any]], api: 
     assert r.status_code == 404
 
 
-async def test_engagement_by_day(pv: tuple[Scenario, dict[str, Any]], api: httpx.AsyncClient) -> None:
+async def test_engagement_by_day(
+    pv: tuple[Scenario, dict[str, Any]], api: httpx.AsyncClient
+) -> None:
     sc, _ = pv
     day1, day2 = DAY1.date().isoformat(), DAY2.date().isoformat()
-    r = await api.get("/v1/reports/engagement", params={
-        "from": day1, "to": day2, "journey": sc.key, "include_automated": "true"})
+    r = await api.get(
+        "/v1/reports/engagement",
+        params={"from": day1, "to": day2, "journey": sc.key, "include_automated": "true"},
+    )
     assert r.status_code == 200, r.text
     rep = r.json()
     assert [d["day"] for d in rep["days"]] == [day1, day2]
@@ -193,17 +206,22 @@ async def test_engagement_by_day(pv: tuple[Scenario, dict[str, Any]], api: httpx
     assert d1["opens"]["total"] == 36 and d1["opens"]["automated"]["total"] == 24
     assert d1["opens"]["machine_share"] == round(24 / 36, 4)
     assert d1["opens"]["machine_by_reason"] == [
-        {"reason": "apple_mpp", "count": 24, "share": round(24 / 36, 4)}]
+        {"reason": "apple_mpp", "count": 24, "share": round(24 / 36, 4)}
+    ]
     assert d2["opens"]["human"]["total"] == 8 and d2["opens"]["machine_share"] == 0.0
     assert d1["clicks"]["machine_by_reason"][0]["reason"] == "link_scanner"
     assert rep["totals"]["opens"]["total"] == 44
     assert rep["totals"]["opens"]["unique"] == 17 + 12
 
-    r = await api.get("/v1/reports/engagement", params={
-        "from": day1, "to": day2, "template": sc.template("nudge"), "group_by": "template"})
+    r = await api.get(
+        "/v1/reports/engagement",
+        params={"from": day1, "to": day2, "template": sc.template("nudge"), "group_by": "template"},
+    )
     rep = r.json()
     assert [(d["day"], d["template"]) for d in rep["days"]] == [
-        (day1, sc.template("nudge")), (day2, sc.template("nudge"))]
+        (day1, sc.template("nudge")),
+        (day2, sc.template("nudge")),
+    ]
     assert rep["totals"]["sent"] == 16 and rep["include_automated"] is False
     assert rep["totals"]["opens"]["total"] == 3  # human only
     r = await api.get("/v1/reports/engagement", params={"from": "2020-01-01", "to": "2026-01-01"})
@@ -235,12 +253,16 @@ async def test_marketer_gets_suppressed_aggregates(
     assert zero["loop_guard"] == 0 and zero["completed"] == 18  # zero discloses nobody
 
     r = await app_client.get(
-        f"/v1/journeys/{sc.key}/report/steps/thanks/contacts", params={"metric": "opened"},
-        headers=headers)
+        f"/v1/journeys/{sc.key}/report/steps/thanks/contacts",
+        params={"metric": "opened"},
+        headers=headers,
+    )
     assert r.status_code == 403
-    r = await app_client.get("/v1/reports/engagement", params={
-        "from": DAY1.date().isoformat(), "to": DAY2.date().isoformat(), "journey": sc.key},
-        headers=headers)
+    r = await app_client.get(
+        "/v1/reports/engagement",
+        params={"from": DAY1.date().isoformat(), "to": DAY2.date().isoformat(), "journey": sc.key},
+        headers=headers,
+    )
     assert r.status_code == 200
     d2 = r.json()["days"][1]
     assert d2["opens"]["total"] is None and "suppressed" not in d2
@@ -269,9 +291,16 @@ async def test_csv_exports(pv: tuple[Scenario, dict[str, Any]], api: httpx.Async
     assert thanks["went_to.engaged?.count"] == "24"
     assert rows["engaged?"]["send.sent"] == ""  # not a send step
 
-    r = await api.get("/v1/reports/engagement", params={
-        "from": DAY1.date().isoformat(), "to": DAY2.date().isoformat(), "journey": sc.key,
-        "include_automated": "true"}, headers={"Accept": "text/csv"})
+    r = await api.get(
+        "/v1/reports/engagement",
+        params={
+            "from": DAY1.date().isoformat(),
+            "to": DAY2.date().isoformat(),
+            "journey": sc.key,
+            "include_automated": "true",
+        },
+        headers={"Accept": "text/csv"},
+    )
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     days = list(csv.DictReader(io.StringIO(r.text)))
     assert [d["day"] for d in days] == [DAY1.date().isoformat(), DAY2.date().isoformat(), "total"]
@@ -314,19 +343,32 @@ async def test_drill_down_pages_and_audits(
     assert r.status_code == 422
 
     async with db.session() as s:
-        audits = (await s.exec(select(AuditLog).where(
-            AuditLog.resource == f"journey/{sc.key}/report/steps/thanks/contacts"))).all()
+        audits = (
+            await s.exec(
+                select(AuditLog).where(
+                    AuditLog.resource == f"journey/{sc.key}/report/steps/thanks/contacts"
+                )
+            )
+        ).all()
     assert len(audits) >= pages + 3
     assert all(a.fields == ["contact.id", "contact.external_id"] for a in audits)
 
 
 async def test_revised_verdict_moves_counts(db: Database, api: httpx.AsyncClient) -> None:
     sc = Scenario(db)
-    await sc.journey({"hello": {"type": "send_email", "template": "hello", "next": "done"},
-                      "done": {"type": "exit"}})
+    await sc.journey(
+        {
+            "hello": {"type": "send_email", "template": "hello", "next": "done"},
+            "done": {"type": "exit"},
+        }
+    )
     cid = await sc.contact(0)
-    run = await sc.run(cid, [("hello", "entered", None), ("hello", "left", "done")],
-                       status="running", exit_reason=None)
+    run = await sc.run(
+        cid,
+        [("hello", "entered", None), ("hello", "left", "done")],
+        status="running",
+        exit_reason=None,
+    )
     send = await sc.send(run, cid, "hello")
     human = await sc.track(send, "open", "human", "mail_client", at=DAY1 + timedelta(hours=2))
     await sc.track(send, "open", "automated", "apple_mpp", at=DAY1)
@@ -348,7 +390,9 @@ async def test_revised_verdict_moves_counts(db: Database, api: httpx.AsyncClient
     assert after["automated"] == {"total": 2, "unique": 1}
     assert (after["total"], after["unique"]) == (0, 0)
     assert {(e["verdict"], e["reason"]): e["count"] for e in after["by_reason"]} == {
-        ("automated", "apple_mpp"): 1, ("automated", "trap_link"): 1}
+        ("automated", "apple_mpp"): 1,
+        ("automated", "trap_link"): 1,
+    }
 
     # And back: the unique open returns on its own day.
     await sc.rejudge(human, "human", "mail_client")
@@ -356,15 +400,24 @@ async def test_revised_verdict_moves_counts(db: Database, api: httpx.AsyncClient
     assert again == before
     # Nothing was left negative or double counted along the way.
     async with db.session() as s:
-        rows = (await s.exec(select(ReportCounter).where(
-            ReportCounter.journey_key == sc.key, col(ReportCounter.count) < 0))).all()
+        rows = (
+            await s.exec(
+                select(ReportCounter).where(
+                    ReportCounter.journey_key == sc.key, col(ReportCounter.count) < 0
+                )
+            )
+        ).all()
     assert rows == []
 
 
 async def test_send_status_changes_move_counts(db: Database, api: httpx.AsyncClient) -> None:
     sc = Scenario(db)
-    await sc.journey({"hello": {"type": "send_email", "template": "hello", "next": "done"},
-                      "done": {"type": "exit"}})
+    await sc.journey(
+        {
+            "hello": {"type": "send_email", "template": "hello", "next": "done"},
+            "done": {"type": "exit"},
+        }
+    )
     cid = await sc.contact(0)
     run = await sc.run(cid, [("hello", "entered", None)], status="running", exit_reason=None)
     send = await sc.send(run, cid, "hello", status="sending")
