@@ -186,7 +186,7 @@ SELECT :k || '-te' || g, s.id, NULL,
             WHEN g % 20 <= 18 THEN 'browser' ELSE 'link_sweep' END,
        0.9, false
 FROM generate_series(1, :events) AS g
-JOIN bench_sends s ON s.n = 1 + (g * 7919) % (SELECT count(*) FROM bench_sends)""",
+JOIN bench_sends s ON s.n = 1 + (g::bigint * 7919) % (SELECT count(*) FROM bench_sends)""",
 ]
 
 # The naive report: the same numbers, by scanning the raw tables for every request.

@@ -6,10 +6,15 @@ tracking events, each followed by its rollup hook); the report comes out over HT
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,11 +22,13 @@ import pytest
 import pytest_asyncio
 from sqlmodel import col, select
 
+from core.config import Settings
 from core.db import Database
-from core.models import AuditLog, ReportCounter, Setting
+from core.models import AuditLog, ReportCounter, Setting, TrackingEvent
 from tests.integration.report_scenario import DAY1, DAY2, Scenario, post_visit
 
 pytestmark = pytest.mark.xdist_group("reports")
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -430,3 +437,60 @@ async def test_send_status_changes_move_counts(db: Database, api: httpx.AsyncCli
     await sc.update_send(send, delivery="bounced")
     rep = step(await get_report(api, sc.key), "hello")["send"]
     assert (rep["sent"], rep["delivered"], rep["bounced"]) == (1, 0, 1)
+
+
+async def test_cli_backfill_catches_up_and_show_prints(
+    db: Database, settings: Settings, api: httpx.AsyncClient
+) -> None:
+    sc = Scenario(db)
+    await sc.journey(
+        {
+            "hello": {"type": "send_email", "template": "hello", "next": "done"},
+            "done": {"type": "exit"},
+        }
+    )
+    cid = await sc.contact(0)
+    run = await sc.run(cid, [("hello", "entered", None)], status="running", exit_reason=None)
+    send = await sc.send(run, cid, "hello")
+    # A click stored and judged by code that did not call the rollup hook.
+    async with db.session() as s:
+        s.add(
+            TrackingEvent(
+                send_id=send, kind="click", link="book", at=DAY1, verdict="human", reason="browser"
+            )
+        )
+        await s.commit()
+    before = step(await get_report(api, sc.key), "hello")["send"]["clicks"]
+    assert before["human"] == {"total": 0, "unique": 0}
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": str(settings.database_url),
+        "JOURNEYS_HOME": str(settings.journeys_home),
+        "PYTHONPATH": ROOT,
+    }
+
+    async def cli(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cli.main",
+            "reports",
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, errs = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode == 0, errs.decode()
+        return out.decode()
+
+    for _ in range(2):  # a second run finds nothing new
+        assert (await cli("backfill", "--journey", sc.key)).strip() == f"counted {sc.key}"
+        after = step(await get_report(api, sc.key), "hello")["send"]["clicks"]
+        assert after["human"] == {"total": 1, "unique": 1}
+        assert after["by_link"][0]["link"] == "book"
+    shown = json.loads(await cli("show", sc.key, "--include-automated"))
+    assert shown["include_automated"] is True and shown["journey"] == sc.key
+    rows = list(csv.DictReader(io.StringIO(await cli("show", sc.key, "--csv"))))
+    assert rows[1]["step"] == "hello" and rows[1]["send.clicks.unique"] == "1"
