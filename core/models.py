@@ -292,7 +292,7 @@ class OutboxMessage(SQLModel, table=True):
 # --- reports: rollups kept current as data arrives (services/report_rollup.py) ---------
 
 
-def _key(**kw: Any) -> Any:
+def _report_key(**kw: Any) -> Any:
     return Field(primary_key=True, **kw)
 
 
@@ -306,15 +306,15 @@ class ReportCounter(SQLModel, table=True):
 
     __tablename__ = "report_counter"
     __table_args__ = (Index("ix_report_counter_day", "day", "journey_key"),)
-    journey_key: str = _key()
-    version: int = _key()
-    step: str = _key()
-    template_key: str = _key()
-    metric: str = _key()
-    verdict: str = _key()
-    dimension: str = _key()
-    day: date = _key()
-    shard: int = _key(sa_type=SmallInteger)
+    journey_key: str = _report_key()
+    version: int = _report_key()
+    step: str = _report_key()
+    template_key: str = _report_key()
+    metric: str = _report_key()
+    verdict: str = _report_key()
+    dimension: str = _report_key()
+    day: date = _report_key()
+    shard: int = _report_key(sa_type=SmallInteger)
     count: int = Field(default=0, sa_type=BigInteger)
 
 
@@ -382,10 +382,10 @@ class ReportUnique(SQLModel, table=True):
     __table_args__ = (
         Index("ix_report_unique_step", "journey_key", "step", "kind", "vclass", "link", "send_id"),
     )
-    send_id: str = _key()
-    kind: str = _key()
-    vclass: str = _key()
-    link: str = _key()
+    send_id: str = _report_key()
+    kind: str = _report_key()
+    vclass: str = _report_key()
+    link: str = _report_key()
     journey_key: str
     version: int
     step: str

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 14:45:55.711806
+Create Date: 2026-11-22 15:13:52.743874
 """
 from collections.abc import Sequence
 
@@ -126,6 +126,7 @@ def upgrade() -> None:
     sa.Column('unsub_day', sa.Date(), nullable=True),
     sa.PrimaryKeyConstraint('send_id')
     )
+    op.create_index('ix_report_send_state_step', 'report_send_state', ['journey_key', 'step', 'send_id'], unique=False)
     op.create_table('report_step_seen',
     sa.Column('step_log_id', sa.BigInteger(), autoincrement=False, nullable=False),
     sa.PrimaryKeyConstraint('step_log_id')
@@ -157,7 +158,7 @@ def upgrade() -> None:
     sa.Column('day', sa.Date(), nullable=False),
     sa.PrimaryKeyConstraint('send_id', 'kind', 'vclass', 'link')
     )
-    op.create_index('ix_report_unique_step', 'report_unique', ['journey_key', 'step', 'kind', 'vclass'], unique=False)
+    op.create_index('ix_report_unique_step', 'report_unique', ['journey_key', 'step', 'kind', 'vclass', 'link', 'send_id'], unique=False)
     op.create_table('run',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('journey_key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -354,6 +355,7 @@ def downgrade() -> None:
     op.drop_index(op.f('ix_report_tracking_state_send_id'), table_name='report_tracking_state')
     op.drop_table('report_tracking_state')
     op.drop_table('report_step_seen')
+    op.drop_index('ix_report_send_state_step', table_name='report_send_state')
     op.drop_table('report_send_state')
     op.drop_table('report_run_state')
     op.drop_index('ix_report_counter_day', table_name='report_counter')
