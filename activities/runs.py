@@ -7,6 +7,7 @@ from temporalio import activity
 
 from core.db import Database
 from core.models import Run, StepLog, utcnow
+from services.report_rollup import on_run_exit, on_steps_recorded
 from workflows.types import RecordInput
 
 
@@ -56,4 +57,7 @@ class RunActivities:
                         constraint="uq_step_log_seq"
                     )
                 )
+                await on_steps_recorded(s, inp.run_id, inp.records)
+            # Report counters move in the same transaction; both calls are retry-safe.
+            await on_run_exit(s, inp.run_id)
             await s.commit()

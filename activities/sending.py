@@ -17,6 +17,7 @@ from activities.smtp import PermanentSmtpError, SmtpTransport, TransientSmtpErro
 from core.config import Settings
 from core.db import Database
 from core.models import Contact, OutboxMessage, Send, Template, utcnow
+from services.report_rollup import on_send_status
 from workflows.types import SendInput, SendResult
 
 _env = SandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
@@ -66,6 +67,8 @@ class SendActivities:
             if send.status == "sending" and await self._already_delivered(s, message_id):
                 send.status, send.sent_at = "sent", utcnow()
                 s.add(send)
+                await s.flush()
+                await on_send_status(s, send.id)
                 await s.commit()
                 return SendResult("sent", send.id)
             contact = await s.get(Contact, inp.contact_id)
@@ -129,5 +132,7 @@ class SendActivities:
         if status == "sent":
             send.sent_at = utcnow()
         s.add(send)
+        await s.flush()
+        await on_send_status(s, send.id)  # report counters change with the status, atomically
         await s.commit()
         return SendResult(status, send.id, detail)

@@ -7,7 +7,7 @@ Everything else refers to contacts by their opaque id, so erasure is one row's u
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     LargeBinary,
+    SmallInteger,
     String,
     UniqueConstraint,
 )
@@ -205,6 +206,8 @@ class Send(SQLModel, table=True):
     attempts: int = 0
     created_at: datetime = _ts()
     sent_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # Set when the recipient unsubscribed through this message (reports count it per step).
+    unsubscribed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class TrackedLink(SQLModel, table=True):
@@ -291,3 +294,107 @@ class OutboxMessage(SQLModel, table=True):
     message_id: str | None = Field(default=None, sa_column=Column(String, index=True, nullable=True))
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     received_at: datetime = _ts()
+
+
+# --- reports: rollups kept current as data arrives (services/report_rollup.py) ---------
+
+
+def _report_key(**kw: Any) -> Any:
+    return Field(primary_key=True, **kw)
+
+
+class ReportCounter(SQLModel, table=True):
+    """Additive counters: reports sum these instead of scanning raw rows.
+
+    `step` is "" for run-level metrics, `template_key` "" outside sends, `verdict` "" where
+    no verdict applies (or a verdict class for unique counts), `dimension` the breakdown
+    (reason, link, next step, exit reason) or "". `shard` spreads hot rows across writers.
+    """
+
+    __tablename__ = "report_counter"
+    __table_args__ = (Index("ix_report_counter_day", "day", "journey_key"),)
+    journey_key: str = _report_key()
+    version: int = _report_key()
+    step: str = _report_key()
+    template_key: str = _report_key()
+    metric: str = _report_key()
+    verdict: str = _report_key()
+    dimension: str = _report_key()
+    day: date = _report_key()
+    shard: int = _report_key(sa_type=SmallInteger)
+    count: int = Field(default=0, sa_type=BigInteger)
+
+
+class ReportStepSeen(SQLModel, table=True):
+    """step_log rows already counted: makes counting idempotent when record_steps retries."""
+
+    __tablename__ = "report_step_seen"
+    step_log_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+
+
+class ReportRunState(SQLModel, table=True):
+    """What a run currently contributes to the counters (started, exit reason, goal)."""
+
+    __tablename__ = "report_run_state"
+    run_id: str = Field(primary_key=True)
+    journey_key: str | None = None
+    version: int | None = None
+    started_day: date | None = None
+    exit_reason: str | None = None
+    ended_day: date | None = None
+    goal_day: date | None = None
+
+
+class ReportSendState(SQLModel, table=True):
+    """What a send currently contributes; also the per-send lock for engagement rollups."""
+
+    __tablename__ = "report_send_state"
+    __table_args__ = (Index("ix_report_send_state_step", "journey_key", "step", "send_id"),)
+    send_id: str = Field(primary_key=True)
+    journey_key: str | None = None
+    version: int | None = None
+    step: str | None = None
+    template_key: str | None = None
+    status: str | None = None
+    detail: str | None = None
+    delivery: str | None = None
+    day: date | None = None
+    unsub_day: date | None = None
+
+
+class ReportTrackingState(SQLModel, table=True):
+    """The verdict each open/click was counted under, so a revision moves exactly that count."""
+
+    __tablename__ = "report_tracking_state"
+    event_id: str = Field(primary_key=True)
+    send_id: str = Field(index=True)
+    journey_key: str
+    version: int
+    step: str
+    template_key: str
+    kind: str
+    verdict: str
+    reason: str | None = None
+    link: str | None = None
+    day: date
+
+
+class ReportUnique(SQLModel, table=True):
+    """First engagement per (send, kind, verdict class, link): exact unique opens and clicks.
+
+    vclass is a verdict, "all" or "non_automated"; link is "" for the per-send row.
+    """
+
+    __tablename__ = "report_unique"
+    __table_args__ = (
+        Index("ix_report_unique_step", "journey_key", "step", "kind", "vclass", "link", "send_id"),
+    )
+    send_id: str = _report_key()
+    kind: str = _report_key()
+    vclass: str = _report_key()
+    link: str = _report_key()
+    journey_key: str
+    version: int
+    step: str
+    template_key: str
+    day: date

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 14:47:04.123263
+Create Date: 2026-11-22 15:24:37.037842
 """
 from collections.abc import Sequence
 
@@ -92,6 +92,76 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index(op.f('ix_outbox_message_message_id'), 'outbox_message', ['message_id'], unique=False)
+    op.create_table('report_counter',
+    sa.Column('journey_key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('step', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('template_key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('metric', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('verdict', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('dimension', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('day', sa.Date(), nullable=False),
+    sa.Column('shard', sa.SmallInteger(), nullable=False),
+    sa.Column('count', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('journey_key', 'version', 'step', 'template_key', 'metric', 'verdict', 'dimension', 'day', 'shard')
+    )
+    op.create_index('ix_report_counter_day', 'report_counter', ['day', 'journey_key'], unique=False)
+    op.create_table('report_run_state',
+    sa.Column('run_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('journey_key', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('version', sa.Integer(), nullable=True),
+    sa.Column('started_day', sa.Date(), nullable=True),
+    sa.Column('exit_reason', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('ended_day', sa.Date(), nullable=True),
+    sa.Column('goal_day', sa.Date(), nullable=True),
+    sa.PrimaryKeyConstraint('run_id')
+    )
+    op.create_table('report_send_state',
+    sa.Column('send_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('journey_key', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('version', sa.Integer(), nullable=True),
+    sa.Column('step', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('template_key', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('detail', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('delivery', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('day', sa.Date(), nullable=True),
+    sa.Column('unsub_day', sa.Date(), nullable=True),
+    sa.PrimaryKeyConstraint('send_id')
+    )
+    op.create_index('ix_report_send_state_step', 'report_send_state', ['journey_key', 'step', 'send_id'], unique=False)
+    op.create_table('report_step_seen',
+    sa.Column('step_log_id', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.PrimaryKeyConstraint('step_log_id')
+    )
+    op.create_table('report_tracking_state',
+    sa.Column('event_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('send_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('journey_key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('step', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('template_key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('verdict', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('link', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('day', sa.Date(), nullable=False),
+    sa.PrimaryKeyConstraint('event_id')
+    )
+    op.create_index(op.f('ix_report_tracking_state_send_id'), 'report_tracking_state', ['send_id'], unique=False)
+    op.create_table('report_unique',
+    sa.Column('send_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('vclass', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('link', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('journey_key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('step', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('template_key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('day', sa.Date(), nullable=False),
+    sa.PrimaryKeyConstraint('send_id', 'kind', 'vclass', 'link')
+    )
+    op.create_index('ix_report_unique_step', 'report_unique', ['journey_key', 'step', 'kind', 'vclass', 'link', 'send_id'], unique=False)
     op.create_table('run',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('journey_key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -138,6 +208,7 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('unsubscribed_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('message_id'),
     sa.UniqueConstraint('send_key')
@@ -282,6 +353,16 @@ def downgrade() -> None:
     op.drop_index('ix_run_journey_contact', table_name='run')
     op.drop_index(op.f('ix_run_contact_id'), table_name='run')
     op.drop_table('run')
+    op.drop_index('ix_report_unique_step', table_name='report_unique')
+    op.drop_table('report_unique')
+    op.drop_index(op.f('ix_report_tracking_state_send_id'), table_name='report_tracking_state')
+    op.drop_table('report_tracking_state')
+    op.drop_table('report_step_seen')
+    op.drop_index('ix_report_send_state_step', table_name='report_send_state')
+    op.drop_table('report_send_state')
+    op.drop_table('report_run_state')
+    op.drop_index('ix_report_counter_day', table_name='report_counter')
+    op.drop_table('report_counter')
     op.drop_index(op.f('ix_outbox_message_message_id'), table_name='outbox_message')
     op.drop_table('outbox_message')
     op.drop_table('journey')
