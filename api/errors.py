@@ -7,9 +7,9 @@ from typing import Any
 
 import psycopg
 from fastapi import FastAPI, Request
-from sqlalchemy.exc import DBAPIError
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.errors import ServiceError
