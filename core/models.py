@@ -53,15 +53,9 @@ class ApiKey(SQLModel, table=True):
 
 class Contact(SQLModel, table=True):
     __tablename__ = "contact"
-    # Rule segments and previews filter on attributes: containment (@>) uses this index.
-    __table_args__ = (
-        Index(
-            "ix_contact_attributes",
-            "attributes",
-            postgresql_using="gin",
-            postgresql_ops={"attributes": "jsonb_path_ops"},
-        ),
-    )
+    # Rule segments and previews filter on attributes: containment (@>) and key
+    # existence (?) use this index (default jsonb_ops supports both).
+    __table_args__ = (Index("ix_contact_attributes", "attributes", postgresql_using="gin"),)
     id: str = Field(default_factory=lambda: new_id("c"), primary_key=True)
     external_id: str | None = Field(default=None, unique=True, index=True)
     email: str | None = None

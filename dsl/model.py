@@ -239,7 +239,9 @@ class EngagementCondition(DslModel):
     @model_validator(mode="after")
     def _consistent(self) -> EngagementCondition:
         if self.step is not None and self.journey is None:
-            raise _custom_error("step_requires_journey", "step can only be given with journey", "step")
+            raise _custom_error(
+                "step_requires_journey", "step can only be given with journey", "step"
+            )
         if self.link is not None and self.engagement != "click":
             raise _custom_error("link_requires_click", "link can only be given for click", "link")
         return self

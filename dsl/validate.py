@@ -308,7 +308,8 @@ def _condition_refs(
         elif isinstance(node, EngagementCondition | JourneyCondition):
             journey = node.journey
             if journey is not None and refs.journeys is not None and journey not in refs.journeys:
-                yield Issue(step, f"{sub_path}.journey", "unknown_journey", "journey does not exist")
+                message = "journey does not exist"
+                yield Issue(step, f"{sub_path}.journey", "unknown_journey", message)
 
 
 def _walk(condition: ConditionUnion, path: str) -> Iterator[tuple[str, ConditionUnion]]:

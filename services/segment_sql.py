@@ -190,11 +190,25 @@ class _Compiler:
     # --- attributes ----------------------------------------------------------------------
 
     def attr(self, node: AttrCondition) -> str:
-        x = f"(c.attributes -> {self.param(node.attr, 'text')})"
+        name = self.param(node.attr, "text")
+        x = f"(c.attributes -> {name})"
         present = f"(COALESCE(jsonb_typeof({x}), 'null') <> 'null')"
         op, expected = node.op, node.value
         if op == "exists":
-            return f"(NOT {present})" if expected is False else present
+            # `?` can use the GIN index on contact.attributes; a JSON null is absent.
+            has = f"(c.attributes ? {name} AND {present})"
+            return f"(NOT {has})" if expected is False else has
+        if op == "eq" and _plain_string(expected):
+            # Only the very same string equals a plain string: exact, and GIN-indexable.
+            return f"(c.attributes @> {self.param(json.dumps({node.attr: expected}), 'jsonb')})"
+        if op == "in" and isinstance(expected, list) and expected and all(
+            _plain_string(v) for v in expected
+        ):
+            return "(" + " OR ".join(
+                f"c.attributes @> {self.param(json.dumps({node.attr: v}), 'jsonb')} OR "
+                f"c.attributes @> {self.param(json.dumps({node.attr: [v]}), 'jsonb')}"
+                for v in expected
+            ) + ")"
         if op in ("eq", "ne"):
             test = self.equal(x, expected)
             return f"({present} AND {test})" if op == "eq" else f"({present} AND NOT {test})"
@@ -258,10 +272,13 @@ class _Compiler:
             number = _py_number(expected)
             if number is not None:
                 value = self.param(_num_text(number), "numeric")
-                parts.append(f"(CASE WHEN {t} = 'number' THEN ({x})::numeric = {value} ELSE false END)")
+                parts.append(
+                    f"(CASE WHEN {t} = 'number' THEN ({x})::numeric = {value} ELSE false END)"
+                )
             when = _py_temporal(expected)
             if when is not None:
-                parts.append(f"({t} = 'string' AND COALESCE({self.temporal(raw, '=', when)}, false))")
+                same = self.temporal(raw, "=", when)
+                parts.append(f"({t} = 'string' AND COALESCE({same}, false))")
             else:
                 parts.append(f"({t} = 'string' AND {raw} = {self.param(expected, 'text')})")
             return "(" + " OR ".join(parts) + ")"
@@ -320,6 +337,17 @@ class _Compiler:
             f"FROM (SELECT regexp_match(btrim({raw}, :ws), :re_date) AS d, "
             f"regexp_match(btrim({raw}, :ws), :re_dt) AS t) q)"
         )
+
+
+def _plain_string(value: Any) -> bool:
+    """A string the evaluator compares only as itself: not a boolean word, a number or a
+    date (those also equal other spellings or types)."""
+    return (
+        isinstance(value, str)
+        and value.strip().lower() not in ("true", "false")
+        and _py_number(value) is None
+        and _py_temporal(value) is None
+    )
 
 
 def _num_text(value: int | float) -> str:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 14:48:14.327016
+Create Date: 2026-11-22 14:55:15.787924
 """
 from collections.abc import Sequence
 
@@ -63,7 +63,7 @@ def upgrade() -> None:
     sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
-    op.create_index('ix_contact_attributes', 'contact', ['attributes'], unique=False, postgresql_using='gin', postgresql_ops={'attributes': 'jsonb_path_ops'})
+    op.create_index('ix_contact_attributes', 'contact', ['attributes'], unique=False, postgresql_using='gin')
     op.create_index(op.f('ix_contact_email_hash'), 'contact', ['email_hash'], unique=False)
     op.create_index(op.f('ix_contact_external_id'), 'contact', ['external_id'], unique=True)
     op.create_table('event',
@@ -309,7 +309,7 @@ def downgrade() -> None:
     op.drop_table('event')
     op.drop_index(op.f('ix_contact_external_id'), table_name='contact')
     op.drop_index(op.f('ix_contact_email_hash'), table_name='contact')
-    op.drop_index('ix_contact_attributes', table_name='contact', postgresql_using='gin', postgresql_ops={'attributes': 'jsonb_path_ops'})
+    op.drop_index('ix_contact_attributes', table_name='contact', postgresql_using='gin')
     op.drop_table('contact')
     op.drop_index(op.f('ix_audit_log_at'), table_name='audit_log')
     op.drop_table('audit_log')
