@@ -27,9 +27,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import insert
 
-from core.models import Contact, new_id, utcnow
+from core.models import new_id, utcnow
 from services.attributes import (
     AttributeTypes,
     AttributeValueError,
@@ -450,9 +449,6 @@ async def _write(
                 "email_hash": ehash,
                 "timezone": clean.timezone or (found[1] if found else "UTC"),
                 "attributes": merged,
-                "created_at": now,
-                "updated_at": now,
-                "deleted_at": None,
             }
         )
         if found:
@@ -463,19 +459,30 @@ async def _write(
     if report.dry_run:
         await s.rollback()
         return created, updated, changed
-    stmt = insert(Contact).values(values)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["external_id"],
-        set_={
-            "email": stmt.excluded.email,
-            "email_hash": stmt.excluded.email_hash,
-            "timezone": stmt.excluded.timezone,
-            "attributes": stmt.excluded.attributes,
-            "updated_at": stmt.excluded.updated_at,
-            "deleted_at": None,
-        },
+    # One statement over parallel arrays: compiled once, whatever the batch size.
+    await s.exec(  # type: ignore[call-overload]
+        text(
+            "INSERT INTO contact (id, external_id, email, email_hash, timezone, attributes, "
+            "created_at, updated_at) "
+            "SELECT id, ext, email, ehash, tz, attrs, CAST(:now AS timestamptz), "
+            "CAST(:now AS timestamptz) FROM unnest(CAST(:ids AS text[]), "
+            "CAST(:exts AS text[]), CAST(:emails AS text[]), CAST(:hashes AS text[]), "
+            "CAST(:tzs AS text[]), CAST(:attrs AS jsonb[])) "
+            "AS v(id, ext, email, ehash, tz, attrs) "
+            "ON CONFLICT (external_id) DO UPDATE SET email = EXCLUDED.email, "
+            "email_hash = EXCLUDED.email_hash, timezone = EXCLUDED.timezone, "
+            "attributes = EXCLUDED.attributes, updated_at = EXCLUDED.updated_at, "
+            "deleted_at = NULL"
+        ).bindparams(
+            now=now,
+            ids=[v["id"] for v in values],
+            exts=[v["external_id"] for v in values],
+            emails=[v["email"] for v in values],
+            hashes=[v["email_hash"] for v in values],
+            tzs=[v["timezone"] for v in values],
+            attrs=[json.dumps(v["attributes"]) for v in values],
+        )
     )
-    await s.exec(stmt)  # type: ignore[call-overload]
     await s.commit()
     return created, updated, changed
 

@@ -25,7 +25,6 @@ from typing import Any
 
 from pydantic import TypeAdapter
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import insert
 
 from core.models import Event, new_id, utcnow
 from dsl.model import Condition, ConditionUnion
@@ -207,8 +206,23 @@ def _event_rows(changes: Changes, now: datetime) -> list[dict[str, Any]]:
 async def record_changes(ctx: ServiceContext, changes: Changes, now: datetime) -> list[Event]:
     """Writes the segment_entry / segment_exit event rows in the caller's transaction."""
     rows = _event_rows(changes, now)
-    for start in range(0, len(rows), BATCH):
-        await ctx.session.exec(insert(Event).values(rows[start : start + BATCH]))  # type: ignore[call-overload]
+    if rows:
+        await ctx.session.exec(  # type: ignore[call-overload]
+            text(
+                "INSERT INTO event (id, contact_id, name, properties, occurred_at, received_at) "
+                "SELECT id, cid, name, jsonb_build_object('segment', seg), "
+                "CAST(:now AS timestamptz), CAST(:received AS timestamptz) "
+                "FROM unnest(CAST(:ids AS text[]), CAST(:cids AS text[]), "
+                "CAST(:names AS text[]), CAST(:segs AS text[])) AS v(id, cid, name, seg)"
+            ).bindparams(
+                now=now,
+                received=rows[0]["received_at"],
+                ids=[r["id"] for r in rows],
+                cids=[r["contact_id"] for r in rows],
+                names=[r["name"] for r in rows],
+                segs=[r["properties"]["segment"] for r in rows],
+            )
+        )
     return [Event(**row) for row in rows]
 
 
@@ -277,6 +291,45 @@ async def on_contacts_changed(
 ) -> Changes:
     """on_contact_changed for many contacts at once (imports, bulk enrolment)."""
     return await refresh_contacts(ctx, contact_ids, kinds=kinds, now=now)
+
+
+async def build_new(ctx: ServiceContext, key: str, *, now: datetime | None = None) -> int:
+    """The first build of a new rule segment: one INSERT ... SELECT over every contact
+    (plus one for the pending rechecks of a time-based rule), in the caller's transaction,
+    which it commits. Nobody "enters" a segment that did not exist: no events. Returns the
+    member count."""
+    now = now or utcnow()
+    seg = next((s for s in await rule_segments(ctx) if s.key == key), None)
+    if seg is None:
+        return 0
+    await _lock_segments(ctx, [key], exclusive=True)
+    compiled = seg.compiled
+    params = compiled.bind(now) | {"seg_key": key}
+    recheck = compiled.recheck or "NULL::timestamptz"
+    inserted = (
+        await ctx.session.exec(  # type: ignore[call-overload]
+            statement(
+                "WITH ins AS (INSERT INTO segment_membership "
+                "(segment_key, contact_id, entered_at, recheck_at) "
+                "SELECT CAST(:seg_key AS text), c.id, CAST(:now AS timestamptz), "
+                f"{recheck} FROM contact c WHERE c.deleted_at IS NULL AND {compiled.predicate} "
+                "RETURNING 1) SELECT count(*) FROM ins",
+                params,
+            )
+        )
+    ).scalar_one()
+    if compiled.recheck:
+        await ctx.session.exec(  # type: ignore[call-overload]
+            statement(
+                "INSERT INTO segment_recheck (segment_key, contact_id, due_at) "
+                "SELECT CAST(:seg_key AS text), c.id, r.due FROM contact c "
+                f"CROSS JOIN LATERAL (SELECT {compiled.recheck} AS due) r "
+                f"WHERE c.deleted_at IS NULL AND NOT {compiled.predicate} AND r.due IS NOT NULL",
+                params,
+            )
+        )
+    await ctx.session.commit()
+    return int(inserted)
 
 
 async def rebuild(

@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 
 from core.models import Contact, Segment, SegmentMembership, utcnow
@@ -27,10 +26,14 @@ from services.errors import Conflict, Invalid, NotFound
 from services.segment_membership import (
     CONDITION,
     Changes,
+    build_new,
     dispatch_all,
     rebuild,
     record_changes,
     refresh_contacts,
+)
+from services.segment_membership import (
+    on_contact_changed as on_contact_changed,  # the change hook, also reachable from here
 )
 from services.segment_sql import RuleNotSupported, compile_rule, statement, walk
 
@@ -196,7 +199,7 @@ async def create_segment(ctx: ServiceContext, data: SegmentIn) -> Segment:
     ctx.session.add(seg)
     await ctx.session.flush()
     if kind == "rule":
-        await rebuild(ctx, seg.key, now=now, emit=False)
+        await build_new(ctx, seg.key, now=now)
     else:
         await ctx.session.commit()
     await ctx.session.refresh(seg)
@@ -346,10 +349,11 @@ async def add_members(
     added: list[str] = []
     if wanted:
         result = await ctx.session.exec(  # type: ignore[call-overload]
-            insert(SegmentMembership)
-            .values([{"segment_key": key, "contact_id": cid, "entered_at": now} for cid in wanted])
-            .on_conflict_do_nothing(index_elements=["segment_key", "contact_id"])
-            .returning(col(SegmentMembership.contact_id))
+            text(
+                "INSERT INTO segment_membership (segment_key, contact_id, entered_at) "
+                "SELECT :k, cid, CAST(:now AS timestamptz) FROM unnest(CAST(:ids AS text[])) cid "
+                "ON CONFLICT (segment_key, contact_id) DO NOTHING RETURNING contact_id"
+            ).bindparams(k=key, now=now, ids=wanted)
         )
         added = [row[0] for row in result.all()]
     changes = Changes(entered=[(key, cid) for cid in added])
