@@ -63,8 +63,8 @@ def import_(
     from services.context import Actor, ServiceContext
     from services.errors import ServiceError
 
-    kind = fmt or format_for(None, file.name)
-    if kind not in ("csv", "ndjson"):
+    kind = format_for(None, f"x.{fmt}" if fmt else file.name)
+    if kind is None:
         err.print("[bold red]error:[/] say --format csv or --format ndjson")
         raise typer.Exit(2)
     settings = get_settings()

@@ -191,3 +191,25 @@ async def test_rule_errors_name_the_field(api: httpx.AsyncClient) -> None:
     assert (await api.get(f"/v1/segments/missing-{t}")).status_code == 404
     await api.post("/v1/segments", json={"key": f"dup-{t}"})
     assert (await api.post("/v1/segments", json={"key": f"dup-{t}"})).status_code == 409
+
+
+async def test_changing_a_rule_moves_members_with_events(
+    api: httpx.AsyncClient, db: Database
+) -> None:
+    t = tag()
+    ids = [await make_contact(api, f"{t}-{i}", attributes={"cohort": t, "n": i})
+           for i in range(4)]
+    key = f"n-{t}"
+    cohort = {"attr": "cohort", "op": "eq", "value": t}
+    r = await api.post("/v1/segments", json={
+        "key": key, "rule": {"all": [cohort, {"attr": "n", "op": "lt", "value": 2}]}})
+    assert r.json()["member_count"] == 2
+    r = await api.put(f"/v1/segments/{key}", json={
+        "name": "n in 1..2", "rule": {"all": [cohort, {"attr": "n", "op": "in", "value": [1, 2]}]}})
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == "n in 1..2" and r.json()["member_count"] == 2
+    assert await members(api, key) == {ids[1], ids[2]}
+    assert sorted(await segment_events(db, key)) == [("segment_entry", ids[2]),
+                                                     ("segment_exit", ids[0])]
+    assert (await api.delete(f"/v1/segments/{key}")).status_code == 204
+    assert (await api.get(f"/v1/segments/{key}")).status_code == 404
