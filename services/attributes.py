@@ -299,24 +299,29 @@ async def load_types(ctx: ServiceContext, names: Iterable[str] | None = None) ->
     return AttributeTypes(known={n: t for n, t in rows})
 
 
-async def save_inferred(ctx: ServiceContext, types: AttributeTypes) -> dict[str, str]:
-    """Writes inferred types (first writer wins, in the caller's transaction); returns the
-    names whose stored type turned out different (another writer got there first)."""
-    if not types.inferred:
+async def save_inferred(
+    ctx: ServiceContext, types: AttributeTypes, names: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Writes inferred types (all of types.inferred, or just `names`; first writer wins, in
+    the caller's transaction), after which they are known types. Returns the names whose
+    stored type turned out different (another writer typed them first), with that type."""
+    wanted = dict(types.inferred if names is None else names)
+    if not wanted:
         return {}
     now = utcnow()
     rows = [
         {"name": n, "type": t, "source": "inferred", "description": "", "created_at": now,
          "updated_at": now}
-        for n, t in sorted(types.inferred.items())
+        for n, t in sorted(wanted.items())
     ]
     await ctx.session.exec(  # type: ignore[call-overload]
         insert(AttributeDef).values(rows).on_conflict_do_nothing(index_elements=["name"])
     )
-    stored = await load_types(ctx, types.inferred)
-    clashes = {n: t for n, t in stored.known.items() if types.inferred.get(n) != t}
+    stored = await load_types(ctx, wanted)
+    clashes = {n: t for n, t in stored.known.items() if wanted.get(n) != t}
     types.known.update(stored.known)
-    types.inferred.clear()
+    for name in wanted:
+        types.inferred.pop(name, None)
     return clashes
 
 

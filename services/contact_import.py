@@ -15,6 +15,7 @@ removed.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import csv
 import json
@@ -27,6 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import text
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.models import new_id, utcnow
 from services.attributes import (
@@ -377,6 +379,7 @@ def _clean(record: Record, types: AttributeTypes) -> tuple[CleanRow | None, list
 @dataclass
 class _Batch:
     rows: dict[str, CleanRow] = field(default_factory=dict)
+    inferred: dict[str, str] = field(default_factory=dict)  # types first seen in this batch
 
     def add(self, clean: CleanRow) -> None:
         earlier = self.rows.get(clean.external_id)
@@ -394,14 +397,22 @@ class _Batch:
 
 
 async def _write(
-    ctx: ServiceContext, batch: _Batch, types: AttributeTypes, report: ImportReport
+    ctx: ServiceContext,
+    batch: _Batch,
+    types: AttributeTypes,
+    report: ImportReport,
+    clashes: dict[str, str],
 ) -> tuple[list[str], list[str], set[str]]:
     """Upserts the batch in one transaction; returns (created ids, updated ids, attribute
     names that changed on updated contacts)."""
     s = ctx.session
-    if not report.dry_run and await save_inferred(ctx, types):
+    if not report.dry_run and batch.inferred:
+        clashes.update(await save_inferred(ctx, types, batch.inferred))
+    if clashes:
         # Another writer typed a new attribute first: re-read those rows by its type.
         for key, clean in list(batch.rows.items()):
+            if not clashes.keys() & clean.raw_attributes.keys():
+                continue
             attrs, problems = types.clean(clean.raw_attributes, from_text=clean.from_text)
             if problems:
                 del batch.rows[key]
@@ -496,48 +507,81 @@ async def import_contacts(
     batch_size: int = 1000,
     progress: Callable[[int], Any] | None = None,
 ) -> ImportReport:
-    """Reads, validates and upserts contacts; see the module docstring."""
-    from services.segment_membership import on_contacts_changed
+    """Reads, validates and upserts contacts; see the module docstring.
 
+    Reading and validating (Python) and writing (PostgreSQL) overlap: a writer task with
+    its own session takes finished batches from a queue of two, so at most three batches
+    are in memory whatever the size of the input."""
     started = time.perf_counter()
     report = ImportReport(format=fmt, dry_run=dry_run)
     types = await load_types(ctx)
     await ctx.session.commit()
-    batch = _Batch()
+    queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
+    writer = asyncio.create_task(_writer(ctx, queue, types, report, progress))
+    sent: set[str] = set()
 
-    async def flush() -> None:
-        nonlocal batch
-        if not batch:
-            return
-        created, updated, changed = await _write(ctx, batch, types, report)
-        report.created += len(created)
-        report.updated += len(updated)
+    async def hand_over(batch: _Batch) -> None:
+        if writer.done():
+            await writer  # the writer failed: raise its error here
+            raise RuntimeError("import writer stopped")
+        batch.inferred = {n: t for n, t in types.inferred.items() if n not in sent}
+        sent.update(batch.inferred)
+        await queue.put(batch)
+
+    try:
         batch = _Batch()
-        if not dry_run:
-            # Rule segments: new contacts against every rule, updated ones against the
-            # rules reading the attributes that changed.
-            if created:
-                await on_contacts_changed(ctx, created)
-            if updated and changed:
-                await on_contacts_changed(ctx, updated, kinds={f"attr:{k}" for k in changed})
-        if progress is not None:
-            progress(report.rows)
-
-    records = _csv_records(chunks) if fmt == "csv" else _ndjson_records(chunks)
-    async for record in records:
-        report.rows += 1
-        clean, problems = _clean(record, types)
-        if clean is None:
-            report.fail(problems)
-            continue
-        batch.add(clean)
-        if len(batch) >= batch_size:
-            await flush()
-    await flush()
+        records = _csv_records(chunks) if fmt == "csv" else _ndjson_records(chunks)
+        async for record in records:
+            report.rows += 1
+            clean, problems = _clean(record, types)
+            if clean is None:
+                report.fail(problems)
+                continue
+            batch.add(clean)
+            if len(batch) >= batch_size:
+                await hand_over(batch)
+                batch = _Batch()
+        if batch:
+            await hand_over(batch)
+        await queue.put(None)
+        await writer
+    except BaseException:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        raise
+    report.errors.sort(key=lambda e: e.row)
     if progress is not None:
         progress(report.rows)
     report.seconds = time.perf_counter() - started
     return report
+
+
+async def _writer(
+    ctx: ServiceContext,
+    queue: asyncio.Queue[_Batch | None],
+    types: AttributeTypes,
+    report: ImportReport,
+    progress: Callable[[int], Any] | None,
+) -> None:
+    from services.segment_membership import on_contacts_changed
+
+    clashes: dict[str, str] = {}
+    async with AsyncSession(ctx.session.bind, expire_on_commit=False) as session:
+        wctx = ServiceContext(session, ctx.settings, ctx.temporal, ctx.actor)
+        while (batch := await queue.get()) is not None:
+            created, updated, changed = await _write(wctx, batch, types, report, clashes)
+            report.created += len(created)
+            report.updated += len(updated)
+            if not report.dry_run:
+                # Rule segments: new contacts against every rule, updated ones against the
+                # rules reading the attributes that changed.
+                if created:
+                    await on_contacts_changed(wctx, created)
+                if updated and changed:
+                    kinds = {f"attr:{k}" for k in changed}
+                    await on_contacts_changed(wctx, updated, kinds=kinds)
+            if progress is not None:
+                progress(report.rows)
 
 
 def iter_file(path: str, chunk_size: int = 1 << 16) -> Iterator[bytes]:
