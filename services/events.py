@@ -14,8 +14,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
 
 from core.models import Event, new_id, utcnow
-from services.contacts import resolve_contact_ref
 from services.context import ServiceContext
+from services.contacts import resolve_contact_ref
 
 
 class ContactRef(BaseModel):

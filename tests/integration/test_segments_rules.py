@@ -213,3 +213,25 @@ async def test_changing_a_rule_moves_members_with_events(
                                                      ("segment_exit", ids[0])]
     assert (await api.delete(f"/v1/segments/{key}")).status_code == 204
     assert (await api.get(f"/v1/segments/{key}")).status_code == 404
+
+
+async def test_roles(api: httpx.AsyncClient, app_client: httpx.AsyncClient, key_for) -> None:  # type: ignore[no-untyped-def]
+    """Marketers see counts, never member ids; integrations manage static members and
+    import, but do not define segments."""
+    t = tag()
+    key = f"roles-{t}"
+    assert (await api.post("/v1/segments", json={"key": key})).status_code == 201
+    marketer = {"Authorization": f"Bearer {await key_for('marketer')}"}
+    integration = {"Authorization": f"Bearer {await key_for('integration')}"}
+    r = await app_client.get(f"/v1/segments/{key}", headers=marketer)
+    assert r.status_code == 200 and r.json()["member_count"] == 0
+    assert (await app_client.get(f"/v1/segments/{key}/members", headers=marketer)).status_code == 403
+    r = await app_client.post("/v1/segments", json={"key": f"x-{t}"}, headers=integration)
+    assert r.status_code == 403
+    contact = await make_contact(api, f"{t}-a")
+    r = await app_client.post(f"/v1/segments/{key}/members", json={"contact_ids": [contact]},
+                              headers=integration)
+    assert r.status_code == 200 and r.json()["added"] == 1
+    r = await app_client.post("/v1/contacts/import", content=f"external_id\n{t}-b\n",
+                              headers=integration | {"content-type": "text/csv"})
+    assert r.status_code == 200 and r.json()["created"] == 1
