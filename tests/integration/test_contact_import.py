@@ -156,7 +156,8 @@ async def test_contact_api_attribute_types(api: httpx.AsyncClient) -> None:
     name = f"weight_{t}"
     r = await api.post("/v1/contacts", json={"external_id": f"{t}-1", "attributes": {name: 70.5}})
     assert r.status_code == 201
-    r = await api.post("/v1/contacts", json={"external_id": f"{t}-2", "attributes": {name: "heavy"}})
+    r = await api.post("/v1/contacts",
+                       json={"external_id": f"{t}-2", "attributes": {name: "heavy"}})
     assert r.status_code == 422
     assert r.json()["error"]["details"][0] == {
         "field": f"attributes.{name}", "code": "type_mismatch", "message": "expected a number"

@@ -15,6 +15,8 @@ from core.config import Settings
 from core.db import Database
 from tests.integration.segments_support import tag
 
+ROOT = str(Path(__file__).resolve().parents[2])
+
 
 async def test_cli_import(tmp_path: Path, settings: Settings, db: Database,
                           api: httpx.AsyncClient) -> None:
@@ -33,7 +35,7 @@ async def test_cli_import(tmp_path: Path, settings: Settings, db: Database,
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cli.main", "contacts", "import", str(path), "--batch-size", "20",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=str(Path(__file__).resolve().parents[2]),
+        cwd=ROOT,
     )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=120)
     output = stderr.decode()
@@ -46,7 +48,8 @@ async def test_cli_import(tmp_path: Path, settings: Settings, db: Database,
                               .bindparams(p=f"{t}-%"))).scalar_one()
     assert count == 49
     # Same pepper as the API: the CLI's email hashes match the service's.
-    r = await api.post("/v1/contacts", json={"external_id": f"{t}-0", "email": f"p0-{t}@example.com"})
+    r = await api.post("/v1/contacts",
+                       json={"external_id": f"{t}-0", "email": f"p0-{t}@example.com"})
     async with db.session() as s:
         hashes = (await s.exec(text("SELECT DISTINCT email_hash FROM contact WHERE email = :e")  # type: ignore[call-overload]
                                .bindparams(e=f"p0-{t}@example.com"))).all()

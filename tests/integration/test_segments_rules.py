@@ -45,7 +45,8 @@ async def test_rule_segment_follows_contact_changes(
     r = await api.patch(f"/v1/contacts/{ids['d']}", json={"attributes": {"state": "NY"}})
     assert r.status_code == 200, r.text
     assert await members(api, key) == {ids["a"], ids["c"]}
-    assert await segment_events(db, key) == [("segment_entry", ids["c"]), ("segment_exit", ids["d"])]
+    assert await segment_events(db, key) == [("segment_entry", ids["c"]),
+                                             ("segment_exit", ids["d"])]
     r = await api.get(f"/v1/segments/{key}")
     assert r.json()["member_count"] == 2
 
@@ -165,7 +166,8 @@ async def test_segment_of_segments_and_preview(api: httpx.AsyncClient, db: Datab
     assert r.status_code == 409 and r.json()["error"]["details"]["read_by"] == [key]
     narrowed = {"all": [{"attr": "cohort", "op": "eq", "value": t}, {"segment": key}]}
     other = f"other-{t}"
-    assert (await api.post("/v1/segments", json={"key": other, "rule": narrowed})).status_code == 201
+    r = await api.post("/v1/segments", json={"key": other, "rule": narrowed})
+    assert r.status_code == 201
     r = await api.put(f"/v1/segments/{key}", json={"rule": {"segment": other}})
     assert r.status_code == 422 and "cycle" in r.json()["error"]["message"]
 
@@ -225,7 +227,8 @@ async def test_roles(api: httpx.AsyncClient, app_client: httpx.AsyncClient, key_
     integration = {"Authorization": f"Bearer {await key_for('integration')}"}
     r = await app_client.get(f"/v1/segments/{key}", headers=marketer)
     assert r.status_code == 200 and r.json()["member_count"] == 0
-    assert (await app_client.get(f"/v1/segments/{key}/members", headers=marketer)).status_code == 403
+    r = await app_client.get(f"/v1/segments/{key}/members", headers=marketer)
+    assert r.status_code == 403
     r = await app_client.post("/v1/segments", json={"key": f"x-{t}"}, headers=integration)
     assert r.status_code == 403
     contact = await make_contact(api, f"{t}-a")
