@@ -11,6 +11,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.runs import RunActivities
+from activities.segments import SegmentActivities
 from activities.sending import SendActivities
 from activities.smtp import SmtpTransport, parse_smtp_url
 from core import logsafe
@@ -18,21 +19,23 @@ from core.config import Settings, get_settings
 from core.db import Database
 from core.temporal import connect
 from workflows.journey import JourneyWorkflow
+from workflows.segment_sweep import SegmentSweepWorkflow
 
 log = logging.getLogger("journeys.worker")
 
 
 def workflows() -> Sequence[type]:
-    return [JourneyWorkflow]
+    return [JourneyWorkflow, SegmentSweepWorkflow]
 
 
 def activities(db: Database, settings: Settings) -> list[Any]:
     if not settings.smtp_url:
         raise RuntimeError("SMTP_URL is not set (journeys dev sets it for you)")
     transport = SmtpTransport(parse_smtp_url(settings.smtp_url, settings.smtp_allow_plaintext))
-    runs = RunActivities(db)
+    runs = RunActivities(db, settings)
     sending = SendActivities(db, settings, transport)
-    return [runs.record_steps, sending.send_email]
+    segments = SegmentActivities(db, settings)
+    return [runs.record_steps, sending.send_email, segments.sweep_segments]
 
 
 def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
@@ -57,6 +60,9 @@ async def run_worker(settings: Settings | None = None) -> None:
     db = Database(settings.database_url)
     client = await connect(settings)
     worker = build_worker(client, db, settings)
+    from services.segment_schedule import ensure_sweep_schedule
+
+    await ensure_sweep_schedule(client, settings.temporal_task_queue)
     log.info("worker polling task queue %s", settings.temporal_task_queue)
     await worker.run()
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import select
 from temporalio import activity
 
+from core.config import Settings
 from core.db import Database
 from core.models import Run, StepLog, utcnow
 from services.report_rollup import on_run_exit, on_steps_recorded
@@ -12,13 +14,27 @@ from workflows.types import RecordInput
 
 
 class RunActivities:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, settings: Settings | None = None) -> None:
         self.db = db
+        self.settings = settings
+
+    async def _run_status_changed(self, inp: RecordInput) -> None:
+        """A run started or ended: segments with {"journey": KEY} conditions re-check the
+        contact."""
+        if self.settings is None:
+            return
+        from services.context import ServiceContext
+        from services.segment_membership import on_contact_changed
+
+        async with self.db.session() as s:
+            ctx = ServiceContext(s, self.settings, activity.client())
+            await on_contact_changed(ctx, inp.contact_id, kinds={f"journey:{inp.journey_key}"})
 
     @activity.defn(name="record_steps")
     async def record_steps(self, inp: RecordInput) -> None:
         ended = inp.status != "running"
         async with self.db.session() as s:
+            before = (await s.exec(select(Run.status).where(Run.id == inp.run_id))).first()
             values = dict(
                 id=inp.run_id,
                 journey_key=inp.journey_key,
@@ -61,3 +77,6 @@ class RunActivities:
             # Report counters move in the same transaction; both calls are retry-safe.
             await on_run_exit(s, inp.run_id)
             await s.commit()
+        # Ended runs re-check every time (a retry after a failed check must not skip it).
+        if before is None or before != inp.status or ended:
+            await self._run_status_changed(inp)

@@ -54,6 +54,9 @@ class ApiKey(SQLModel, table=True):
 
 class Contact(SQLModel, table=True):
     __tablename__ = "contact"
+    # Rule segments and previews filter on attributes: containment (@>) and key
+    # existence (?) use this index (default jsonb_ops supports both).
+    __table_args__ = (Index("ix_contact_attributes", "attributes", postgresql_using="gin"),)
     id: str = Field(default_factory=lambda: new_id("c"), primary_key=True)
     external_id: str | None = Field(default=None, unique=True, index=True)
     email: str | None = None
@@ -100,12 +103,19 @@ class Segment(SQLModel, table=True):
     rule: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
+    description: str = ""
+    # What a rule reads ("attr:NAME", "event:NAME", "engagement", "journey:KEY",
+    # "segment:KEY"): a change re-evaluates only the segments that read it.
+    deps: list[str] = _json(list)
 
 
 class SegmentMembership(SQLModel, table=True):
+    # No foreign keys: a rule segment's build inserts ~100k rows in one INSERT ... SELECT
+    # from contact, and per-row RI triggers were 60% of its time. Rows are only written
+    # from existing contact/segment rows, and deleting a segment deletes its rows.
     __tablename__ = "segment_membership"
-    segment_key: str = Field(foreign_key="segment.key", primary_key=True)
-    contact_id: str = Field(foreign_key="contact.id", primary_key=True, index=True)
+    segment_key: str = Field(primary_key=True)
+    contact_id: str = Field(primary_key=True, index=True)
     entered_at: datetime = _ts()
     # For time-based rules: when this membership must be re-checked (ages out).
     recheck_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True), index=True)
@@ -398,3 +408,25 @@ class ReportUnique(SQLModel, table=True):
     step: str
     template_key: str
     day: date
+class AttributeDef(SQLModel, table=True):
+    """The type of a contact attribute: declared through the API or inferred from the first
+    value seen. Later values are coerced to it or rejected (string number boolean date list)."""
+
+    __tablename__ = "attribute_def"
+    name: str = Field(primary_key=True)
+    type: str
+    source: str = "inferred"  # inferred | declared
+    description: str = ""
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class SegmentRecheck(SQLModel, table=True):
+    """When a NON-member's result of a time-based rule can flip by time alone (e.g. "has not
+    opened within 90 days" once the last open ages out). Members keep theirs in
+    segment_membership.recheck_at."""
+
+    __tablename__ = "segment_recheck"
+    segment_key: str = Field(primary_key=True)  # no foreign keys: see SegmentMembership
+    contact_id: str = Field(primary_key=True)
+    due_at: datetime = Field(sa_type=DateTime(timezone=True), index=True)

@@ -20,7 +20,9 @@ from dsl.model import (
     AttrCondition,
     ConditionUnion,
     EngagedCondition,
+    EngagementCondition,
     EventCondition,
+    JourneyCondition,
     NotCondition,
     SegmentCondition,
     WhereOp,
@@ -45,6 +47,33 @@ class ConditionContext(Protocol):
         """True if a human open/click happened on the message sent by send_step in this run."""
         ...
 
+    def had_engagement(
+        self,
+        kind: str,
+        since: datetime | None,
+        journey: str | None = None,
+        step: str | None = None,
+        link: str | None = None,
+    ) -> bool:
+        """True if the contact made a human open/click (kind) at or after since (ever, if
+        None) on any message, or on the sends of journey (and its send step), on link."""
+        ...
+
+    def in_journey(self, journey: str) -> bool:
+        """True if the contact has a running run of journey."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngagementFact:
+    """One human open/click: on the message journey/step sent, on link (clicks)."""
+
+    kind: str
+    at: datetime
+    journey: str | None = None
+    step: str | None = None
+    link: str | None = None
+
 
 @dataclass(frozen=True)
 class SnapshotContext:
@@ -56,6 +85,8 @@ class SnapshotContext:
     now: datetime
     events: Mapping[str, Sequence[datetime]] = field(default_factory=dict)
     engagements: AbstractSet[tuple[str, str]] = field(default_factory=frozenset)
+    human_engagements: Sequence[EngagementFact] = ()
+    journeys: AbstractSet[str] = field(default_factory=frozenset)  # running runs
 
     def has_event(self, name: str, since: datetime | None) -> bool:
         times = self.events.get(name, ())
@@ -63,6 +94,26 @@ class SnapshotContext:
 
     def engaged(self, send_step: str, event: str) -> bool:
         return (send_step, event) in self.engagements
+
+    def had_engagement(
+        self,
+        kind: str,
+        since: datetime | None,
+        journey: str | None = None,
+        step: str | None = None,
+        link: str | None = None,
+    ) -> bool:
+        return any(
+            fact.kind == kind
+            and (since is None or fact.at >= since)
+            and (journey is None or fact.journey == journey)
+            and (step is None or fact.step == step)
+            and (link is None or fact.link == link)
+            for fact in self.human_engagements
+        )
+
+    def in_journey(self, journey: str) -> bool:
+        return journey in self.journeys
 
 
 def evaluate(condition: ConditionUnion, ctx: ConditionContext) -> bool:
@@ -79,6 +130,15 @@ def evaluate(condition: ConditionUnion, ctx: ConditionContext) -> bool:
         return ctx.has_event(condition.event, since)
     if isinstance(condition, EngagedCondition):
         return ctx.engaged(condition.engaged, condition.event)
+    if isinstance(condition, EngagementCondition):
+        since = None
+        if condition.within is not None:
+            since = (-parse_duration(condition.within)).add_to(ctx.now)
+        return ctx.had_engagement(
+            condition.engagement, since, condition.journey, condition.step, condition.link
+        )
+    if isinstance(condition, JourneyCondition):
+        return ctx.in_journey(condition.journey) is condition.in_
     if isinstance(condition, AllCondition):
         return all(evaluate(part, ctx) for part in condition.all_)
     if isinstance(condition, AnyCondition):

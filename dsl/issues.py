@@ -22,6 +22,8 @@ _KEY_TAGS = frozenset(
         "AttrCondition",
         "SegmentCondition",
         "EngagedCondition",
+        "EngagementCondition",
+        "JourneyCondition",
         "EventCondition",
         "AllCondition",
         "AnyCondition",

@@ -225,6 +225,35 @@ class EngagedCondition(DslModel):
     event: EngagementEvent
 
 
+class EngagementCondition(DslModel):
+    """A human open/click by the contact, on any message or on the sends of one journey
+    (optionally one of its send steps, and for clicks one named link), within the duration
+    before now or ever. Machine (automated/unknown) events never count."""
+
+    engagement: EngagementEvent
+    journey: JourneyKey | None = None
+    step: StepKey | None = None
+    link: Name | None = None
+    within: DurationStr | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EngagementCondition:
+        if self.step is not None and self.journey is None:
+            raise _custom_error(
+                "step_requires_journey", "step can only be given with journey", "step"
+            )
+        if self.link is not None and self.engagement != "click":
+            raise _custom_error("link_requires_click", "link can only be given for click", "link")
+        return self
+
+
+class JourneyCondition(DslModel):
+    """The contact is (in: true) or is not (in: false) in a running run of the journey."""
+
+    journey: JourneyKey
+    in_: bool = Field(default=True, alias="in")
+
+
 class AllCondition(DslModel):
     all_: list[Condition] = Field(alias="all", min_length=1)
 
@@ -241,6 +270,8 @@ _CONDITION_KEYS: tuple[tuple[str, type[DslModel]], ...] = (
     ("attr", AttrCondition),
     ("segment", SegmentCondition),
     ("engaged", EngagedCondition),  # before "event": an engaged condition also has one
+    ("engagement", EngagementCondition),  # before "journey": it may have one too
+    ("journey", JourneyCondition),
     ("event", EventCondition),
     ("all", AllCondition),
     ("any", AnyCondition),
@@ -265,12 +296,14 @@ def _tag_by_key(options: tuple[tuple[str, type[DslModel]], ...]) -> Any:
     return tag
 
 
-CONDITION_FORMS = "attr, segment, event, engaged, all, any or not"
+CONDITION_FORMS = "attr, segment, event, engaged, engagement, journey, all, any or not"
 
 Condition = Annotated[
     Annotated[AttrCondition, Tag("AttrCondition")]
     | Annotated[SegmentCondition, Tag("SegmentCondition")]
     | Annotated[EngagedCondition, Tag("EngagedCondition")]
+    | Annotated[EngagementCondition, Tag("EngagementCondition")]
+    | Annotated[JourneyCondition, Tag("JourneyCondition")]
     | Annotated[EventCondition, Tag("EventCondition")]
     | Annotated[AllCondition, Tag("AllCondition")]
     | Annotated[AnyCondition, Tag("AnyCondition")]
@@ -617,6 +650,8 @@ ConditionUnion = (
     | SegmentCondition
     | EventCondition
     | EngagedCondition
+    | EngagementCondition
+    | JourneyCondition
     | AllCondition
     | AnyCondition
     | NotCondition

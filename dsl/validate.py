@@ -27,8 +27,10 @@ from dsl.model import (
     ConditionGoal,
     ConditionUnion,
     EngagedCondition,
+    EngagementCondition,
     ExitRule,
     Goal,
+    JourneyCondition,
     JourneyDefinition,
     NotCondition,
     SegmentCondition,
@@ -303,6 +305,11 @@ def _condition_refs(
             elif target is not None and not isinstance(target, SendEmailStep):
                 message = f"step '{node.engaged}' is not a send_email step"
                 yield Issue(step, field_path, "not_a_send_step", message)
+        elif isinstance(node, EngagementCondition | JourneyCondition):
+            journey = node.journey
+            if journey is not None and refs.journeys is not None and journey not in refs.journeys:
+                message = "journey does not exist"
+                yield Issue(step, f"{sub_path}.journey", "unknown_journey", message)
 
 
 def _walk(condition: ConditionUnion, path: str) -> Iterator[tuple[str, ConditionUnion]]:

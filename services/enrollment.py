@@ -142,6 +142,12 @@ async def enroll(
                 insert(Run).values(rows).on_conflict_do_nothing(index_elements=["id"])
             )
             await ctx.session.commit()
+            # Segments with {"journey": key} conditions see these contacts enter it.
+            from services.segment_membership import on_contacts_changed
+
+            await on_contacts_changed(
+                ctx, [r["contact_id"] for r in rows], kinds={f"journey:{key}"}
+            )
         if progress:
             progress(len(batch))
     return result

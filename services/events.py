@@ -58,6 +58,12 @@ async def store_event(
     )
     inserted = res.first() is not None
     await ctx.session.commit()
+    if inserted and name not in ("segment_entry", "segment_exit"):
+        # Rule segments reading this event re-evaluate this contact (segment events never
+        # re-trigger segments: that could chase its own tail).
+        from services.segment_membership import on_contact_changed
+
+        await on_contact_changed(ctx, contact_id, kinds={f"event:{name}"})
     if not inserted:
         existing = (
             await ctx.session.exec(select(Event).where(Event.idempotency_key == idempotency_key))
