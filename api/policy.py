@@ -121,8 +121,13 @@ _RULES: dict[tuple[str, str], Rule] = {
     ("PUT", "/v1/segments/{key}"): allow(DESIGNER, OPERATOR),
     ("DELETE", "/v1/segments/{key}"): allow(DESIGNER, OPERATOR),
     ("GET", "/v1/segments/{key}/members"): allow(DESIGNER, OPERATOR),
-    ("POST", "/v1/segments/{key}/members"): allow(DESIGNER, OPERATOR),
-    ("DELETE", "/v1/segments/{key}/members"): allow(DESIGNER, OPERATOR),
+    # Integrations (CRM list sync) manage static members; they do not define segments.
+    ("POST", "/v1/segments/{key}/members"): allow(DESIGNER, OPERATOR, INTEGRATION),
+    ("DELETE", "/v1/segments/{key}/members"): allow(DESIGNER, OPERATOR, INTEGRATION),
+    ("DELETE", "/v1/segments/{key}/members/{contact_id}"): allow(DESIGNER, OPERATOR, INTEGRATION),
+    # --- attribute schema (names and types only, no values) -------------------------
+    ("GET", "/v1/attributes"): allow(*READERS),
+    ("PUT", "/v1/attributes/{name}"): allow(DESIGNER),
     # --- templates -------------------------------------------------------------------
     ("GET", "/v1/templates"): allow(*READERS),
     ("POST", "/v1/templates"): allow(DESIGNER),

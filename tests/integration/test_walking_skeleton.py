@@ -66,7 +66,7 @@ async def test_contact_template_journey_two_emails(
         r = await api.get(f"/v1/journeys/{key}/runs/{contact_id}")
         return r.status_code == 200 and r.json()["step"] == "pause"
 
-    await eventually(at_pause, timeout=15)
+    await eventually(at_pause, timeout=30)
 
     async def two_messages() -> list[OutboxMessage]:
         async with db.session() as s:
@@ -76,7 +76,7 @@ async def test_contact_template_journey_two_emails(
         mine = [m for m in rows if f"pat-{tag}@example.com" in m.rcpt_to]
         return mine if len(mine) == 2 else []
 
-    msgs = await eventually(two_messages, timeout=20)
+    msgs = await eventually(two_messages, timeout=40)
     assert sorted(m.subject for m in msgs) == ["Hello 1 there", "Hello 2 there"]
 
     async def completed() -> dict[str, object] | None:
