@@ -115,7 +115,7 @@ def update(
         Path | None,
         typer.Option(
             "--from-dir",
-            help="Build from saved source texts instead of fetching (names: `journeys networks sources`)",
+            help="Build from saved copies of the sources (names: `journeys networks sources`)",
             file_okay=False,
         ),
     ] = None,

@@ -29,7 +29,7 @@ from temporalio.worker import Worker
 
 from core.config import Settings
 from core.db import Database
-from core.models import Consent, Run, Send
+from core.models import Consent, Run, Send, TrackingEvent
 from services.tracking_judge import SIGNAL_SENT
 from tests.helpers import eventually
 from tests.integration.tracking_support import (
@@ -144,7 +144,8 @@ async def _start_journey(api: httpx.AsyncClient, db: Database, tag: str) -> tupl
             return (await s.exec(q)).first()
 
     send = await eventually(sent, timeout=20)
-    return key, contact_id, send
+    assert send is not None
+    return key, str(contact_id), send
 
 
 async def test_only_the_human_click_signals_the_run(
@@ -222,10 +223,9 @@ async def test_only_the_human_click_signals_the_run(
     assert r.status_code == 404
     rows = await eventually(lambda: judged(db, send.id, 4), timeout=10)
 
-    async def revised() -> list[Any] | None:
+    async def revised() -> list[TrackingEvent]:
         rows = await events_of(db, send.id)
-        hit = [e for e in rows if e.id == human[0].id and e.revised_at is not None]
-        return hit or None
+        return [e for e in rows if e.id == human[0].id and e.revised_at is not None]
 
     [click] = await eventually(revised, timeout=10)
     assert (click.verdict, click.reason, click.first_verdict) == ("automated", "trap_link", "human")

@@ -223,7 +223,7 @@ async def fuzz_target(
 
 
 _token_chars = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=0, max_size=120
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=0, max_size=120
 )
 
 

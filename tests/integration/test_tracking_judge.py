@@ -11,6 +11,7 @@ from temporalio.client import Client
 
 from core.config import Settings
 from core.db import Database
+from core.models import TrackingEvent
 from services.tracking_judge import SIGNAL_NO_RUN
 from tests.helpers import eventually
 from tests.integration.tracking_support import (
@@ -68,11 +69,12 @@ async def test_mpp_open_scanner_click_and_human_click(
         assert e.judged_at is not None and e.revised_at is None
     # The human click has no run behind this test send: recorded as such, not signalled.
     human = await eventually(lambda: _signal_result(db, msg.send_id, "book"), timeout=10)
+    assert human is not None
     assert (human.signal_result, human.signalled) == (SIGNAL_NO_RUN, False)
     assert all(e.signal_result is None for e in rows if e.verdict != "human")
 
 
-async def _signal_result(db: Database, send_id: str, link: str):  # type: ignore[no-untyped-def]
+async def _signal_result(db: Database, send_id: str, link: str) -> TrackingEvent | None:
     for e in await events_of(db, send_id):
         if e.link == link and e.signal_result is not None:
             return e
@@ -91,9 +93,9 @@ async def test_trap_hit_revises_the_same_clients_earlier_events(
     await client.get(msg.pixel, headers={**HUMAN_HEADERS, "x-forwarded-for": HOME_IP})
     await client.get(msg.trap, headers=bot)
 
-    async def revised() -> list | None:  # type: ignore[type-arg]
+    async def revised() -> list[TrackingEvent]:
         rows = await judged(db, msg.send_id, 4)
-        return rows if rows and sum(r.revised_at is not None for r in rows) == 2 else None
+        return rows if sum(r.revised_at is not None for r in rows) == 2 else []
 
     rows = await eventually(revised, timeout=10)
     by_ip = [

@@ -149,3 +149,31 @@ async def test_invalid_refreshed_list_falls_back_to_the_shipped_one(
     override_path(tmp_path).write_text(bad)
     active = load_active(tmp_path)
     assert active.path is None and active.entries > 100
+
+
+async def test_erasing_a_contact_clears_its_tracking_evidence(
+    db: Database, settings: Settings
+) -> None:
+    from services.tracking import forget_contact_evidence
+
+    mine = await make_message(db, settings, LINKS)
+    other = await make_message(db, settings, LINKS)
+    async with db.session() as s:
+        from core.models import Send
+
+        send = await s.get(Send, mine.send_id)
+        assert send is not None
+        send.contact_id = f"c_erase_{mine.send_id}"
+        s.add(send)
+        await s.commit()
+    await _record(db, mine, "book", _hit(HOME_IP, 0, mine))
+    await _record(db, other, "book", _hit(HOME_IP, 0, other))
+    await TrackingJudge(db, settings, None).work_once()
+    async with db.session() as s:
+        assert await forget_contact_evidence(s, f"c_erase_{mine.send_id}") == 1
+        await s.commit()
+    [gone] = await judged(db, mine.send_id, 1)
+    assert (gone.ip, gone.user_agent, gone.headers) == (None, None, {})
+    assert gone.verdict == "human"  # what reports count stays
+    [kept] = await judged(db, other.send_id, 1)
+    assert kept.ip == HOME_IP

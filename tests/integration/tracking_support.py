@@ -127,8 +127,9 @@ async def events_of(db: Database, send_id: str) -> list[TrackingEvent]:
         return list((await s.exec(q.order_by(col(TrackingEvent.at)))).all())
 
 
-async def judged(db: Database, send_id: str, n: int) -> list[TrackingEvent] | None:
+async def judged(db: Database, send_id: str, n: int) -> list[TrackingEvent]:
+    """The message's events once at least `n` exist and all are judged, else [] (not yet)."""
     rows = await events_of(db, send_id)
     if len(rows) >= n and all(r.verdict is not None for r in rows):
         return rows
-    return None
+    return []
