@@ -47,6 +47,10 @@ ENGAGEMENT_SIGNAL = "engagement"
 SIGNAL_SENT = "sent"
 SIGNAL_RUN_ENDED = "run_ended"  # the run that sent the message is no longer running
 SIGNAL_NO_RUN = "no_run"  # the message was not sent by a run (or its run row is gone)
+SIGNAL_RPC_TIMEOUT = timedelta(seconds=5)
+
+# Reason stored when the classifier itself failed on an event (a bug, never evidence).
+JUDGE_ERROR = "judge_error"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -73,6 +77,16 @@ class _SendFacts:
     sent_at: datetime
     exact: bool  # False while sent_at is still unknown (created_at stands in)
     links: int
+
+
+def judge_one(classifier: Classifier, row: TrackingEvent, facts: _SendFacts) -> list[Verdict]:
+    """The classifier's verdicts for a stored event; a fault in judging one event gives
+    that event `unknown` instead of blocking its message's queue for ever."""
+    try:
+        return classifier.judge(evidence_of(row, facts))
+    except Exception as exc:
+        log.error("classifier failed on one event: %s", type(exc).__name__)
+        return [Verdict(row.id, "unknown", JUDGE_ERROR, 0.0)]
 
 
 def evidence_of(row: TrackingEvent, facts: _SendFacts) -> TrackingEvidence:
@@ -240,7 +254,7 @@ class TrackingJudge:
                 )
                 batch = {r.id: r for r in rows}
                 for row in rows:
-                    verdicts = state.classifier.judge(evidence_of(row, facts[send_id]))
+                    verdicts = judge_one(state.classifier, row, facts[send_id])
                     own, revisions = verdicts[0], verdicts[1:]
                     row.verdict, row.reason = own.verdict, own.reason
                     row.confidence = round(own.confidence, 4)
@@ -248,6 +262,7 @@ class TrackingJudge:
                     row.judged_at = now
                     state.judged += 1
                     s.add(row)
+                    await self._verdict_changed(s, row, None)
                     await self._apply_revisions(s, revisions, batch, now)
             await s.commit()
             return len(pending)
@@ -342,7 +357,7 @@ class TrackingJudge:
             )
         ).all()
         for row in rows:
-            state.classifier.judge(evidence_of(row, facts))
+            judge_one(state.classifier, row, facts)
 
     async def _apply_revisions(
         self,
@@ -363,10 +378,23 @@ class TrackingJudge:
                 ).first()
             if row is None or row.verdict == rev.verdict:
                 continue
+            previous = row.verdict
             row.verdict, row.reason = rev.verdict, rev.reason
             row.confidence = round(rev.confidence, 4)
             row.revised_at = now
             s.add(row)
+            await self._verdict_changed(s, row, previous)
+
+    async def _verdict_changed(
+        self, s: AsyncSession, row: TrackingEvent, previous: str | None
+    ) -> None:
+        """Every stored verdict passes here, in the judging transaction: a first verdict
+        (previous None) or a revision (previous = the verdict it replaces).
+
+        Integration seam for the reports rollup (services.report_rollup.on_tracking_verdict,
+        built on another branch), so counts move with revisions in the same transaction.
+        """
+        return None
 
     # --- signalling -------------------------------------------------------
     async def signal_pending(self) -> int:
@@ -417,7 +445,7 @@ class TrackingJudge:
         )
         try:
             await self.temporal.get_workflow_handle(run.workflow_id).signal(
-                ENGAGEMENT_SIGNAL, payload
+                ENGAGEMENT_SIGNAL, payload, rpc_timeout=SIGNAL_RPC_TIMEOUT
             )
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:

@@ -127,7 +127,9 @@ def _hit(request: Request) -> Hit:
     )
 
 
-@router.api_route("/t/o/{token}", methods=["GET", "HEAD"], summary="Open pixel")
+# `:path` so that every URL under /t/o/ and /t/c/ reaches the handler (and its 404):
+# otherwise a token with a slash would get the framework's trailing-slash redirect.
+@router.api_route("/t/o/{token:path}", methods=["GET", "HEAD"], summary="Open pixel")
 async def open_pixel(token: str, request: Request) -> Response:
     verified = _signer(request.app).verify(token, "open", int(time.time()))
     if verified is None:
@@ -153,7 +155,7 @@ async def open_pixel(token: str, request: Request) -> Response:
     return Response(body, media_type="image/gif", headers=headers)
 
 
-@router.api_route("/t/c/{token}", methods=["GET", "HEAD"], summary="Click redirect")
+@router.api_route("/t/c/{token:path}", methods=["GET", "HEAD"], summary="Click redirect")
 async def click_redirect(token: str, request: Request) -> Response:
     verified = _signer(request.app).verify(token, "click", int(time.time()))
     if verified is None:

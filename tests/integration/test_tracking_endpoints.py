@@ -133,6 +133,10 @@ async def test_bad_tokens_are_404_and_never_redirect(
         "/t/c/",
         "/t/o/%00",
         "/t/c/..%2F..%2Fv1",
+        "/t/c/x/",  # no trailing-slash redirect either
+        "/t/c/a%2F",
+        f"/t/c/{click_token}/",
+        f"/t/o/{open_token}/extra",
     ]
     for path in bad:
         for method in ("GET", "HEAD"):
