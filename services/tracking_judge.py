@@ -176,14 +176,14 @@ class TrackingJudge:
                 pass
 
     async def work_once(self) -> int:
-        """One round: judge what is queued, then signal new human events. Returns rows handled."""
-        judged = 0
+        """Judge what is queued, signalling new human events after every batch (so a
+        backlog never holds a person's click back). Returns the rows handled."""
+        handled = 0
         while True:
-            n = await self.judge_pending()
-            judged += n
-            if n == 0:
-                break
-        return judged + await self.signal_pending()
+            judged = await self.judge_pending()
+            handled += judged + await self.signal_pending()
+            if judged == 0:
+                return handled
 
     # --- judging ----------------------------------------------------------
     def _index_changed(self) -> ActiveList:
