@@ -9,13 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from classifier import TRAP_LINK
-from core.models import Send, TrackedLink, TrackingEvent, new_id
+from core.models import TrackedLink, TrackingEvent, new_id
 
 # Which stored link kinds a route serves; a valid token of another kind is a 404.
 OPEN_KINDS = frozenset({"open"})
@@ -76,19 +74,3 @@ async def record_hit(session: AsyncSession, link: TrackedLink, hit: Hit) -> str:
     )
     await session.commit()
     return event_id
-
-
-async def forget_contact_evidence(session: AsyncSession, contact_id: str) -> int:
-    """Erase what tracking stored about a contact's requests (IP, user agent, headers).
-
-    IP addresses identify people (HIPAA counts them as identifiers), so erasing a contact
-    clears them from every event of the messages sent to that contact. Verdicts, reasons
-    and times stay: reports count them and they say nothing about who clicked.
-    Returns the number of events cleared; the caller commits with the rest of the erasure.
-    """
-    result = await session.exec(  # type: ignore[call-overload]
-        update(TrackingEvent)
-        .where(col(TrackingEvent.send_id).in_(select(Send.id).where(Send.contact_id == contact_id)))
-        .values(ip=None, user_agent=None, headers={})
-    )
-    return int(result.rowcount or 0)

@@ -18,11 +18,15 @@ process has judged some of its events since.
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, text
@@ -79,6 +83,27 @@ class _SendFacts:
     links: int
 
 
+VerdictHook = Callable[[AsyncSession, TrackingEvent, "str | None"], Awaitable[None]]
+
+
+@cache
+def rollup_verdict_hook() -> VerdictHook | None:
+    """services.report_rollup.on_tracking_verdict(session, event, previous_verdict), when
+    the reports module is part of this code base (it is built on its own branch).
+
+    Only a module beside this one counts: an editable install of another checkout can
+    make `services.report_rollup` importable from a tree whose tables this database lacks.
+    """
+    spec = importlib.util.find_spec("services.report_rollup")
+    if spec is None or spec.origin is None:
+        return None
+    if Path(spec.origin).resolve().parent != Path(__file__).resolve().parent:
+        return None
+    module = importlib.import_module("services.report_rollup")
+    hook: VerdictHook | None = getattr(module, "on_tracking_verdict", None)
+    return hook
+
+
 def judge_one(classifier: Classifier, row: TrackingEvent, facts: _SendFacts) -> list[Verdict]:
     """The classifier's verdicts for a stored event; a fault in judging one event gives
     that event `unknown` instead of blocking its message's queue for ever."""
@@ -133,6 +158,7 @@ class TrackingJudge:
         self._active: ActiveList | None = None
         self._cache: OrderedDict[str, _MessageState] = OrderedDict()
         self._wake = asyncio.Event()
+        self._changed: list[tuple[TrackingEvent, str | None]] = []
         self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle --------------------------------------------------------
@@ -201,6 +227,7 @@ class TrackingJudge:
         except BaseException:
             # Classifiers may hold verdicts that were never committed: start afresh.
             self._cache.clear()
+            self._changed = []
             raise
 
     async def _judge_batch(self, active: ActiveList) -> int:
@@ -264,6 +291,7 @@ class TrackingJudge:
                     s.add(row)
                     await self._verdict_changed(s, row, None)
                     await self._apply_revisions(s, revisions, batch, now)
+            await self._report_verdicts(s)
             await s.commit()
             return len(pending)
 
@@ -388,13 +416,20 @@ class TrackingJudge:
     async def _verdict_changed(
         self, s: AsyncSession, row: TrackingEvent, previous: str | None
     ) -> None:
-        """Every stored verdict passes here, in the judging transaction: a first verdict
-        (previous None) or a revision (previous = the verdict it replaces).
+        """Every stored verdict passes here: a first verdict (previous None) or a revision
+        (previous = the verdict it replaces). Handed to the reports rollup before commit."""
+        self._changed.append((row, previous))
 
-        Integration seam for the reports rollup (services.report_rollup.on_tracking_verdict,
-        built on another branch), so counts move with revisions in the same transaction.
-        """
-        return None
+    async def _report_verdicts(self, s: AsyncSession) -> None:
+        """Report counts move in the judging transaction, so they never disagree with the
+        stored verdicts (a revision moves a count from human to automated)."""
+        changed, self._changed = self._changed, []
+        hook = rollup_verdict_hook()
+        if hook is None or not changed:
+            return
+        await s.flush()  # the rollup reads the rows with SQL of its own
+        for row, previous in changed:
+            await hook(s, row, previous)
 
     # --- signalling -------------------------------------------------------
     async def signal_pending(self) -> int:

@@ -151,29 +151,35 @@ async def test_invalid_refreshed_list_falls_back_to_the_shipped_one(
     assert active.path is None and active.entries > 100
 
 
-async def test_erasing_a_contact_clears_its_tracking_evidence(
-    db: Database, settings: Settings
+async def test_every_verdict_and_revision_reaches_the_reports_hook_before_commit(
+    db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.tracking import forget_contact_evidence
+    from sqlalchemy import text
+    from sqlmodel.ext.asyncio.session import AsyncSession
 
-    mine = await make_message(db, settings, LINKS)
-    other = await make_message(db, settings, LINKS)
-    async with db.session() as s:
-        from core.models import Send
+    import services.tracking_judge as tj
+    from core.models import TrackingEvent
 
-        send = await s.get(Send, mine.send_id)
-        assert send is not None
-        send.contact_id = f"c_erase_{mine.send_id}"
-        s.add(send)
-        await s.commit()
-    await _record(db, mine, "book", _hit(HOME_IP, 0, mine))
-    await _record(db, other, "book", _hit(HOME_IP, 0, other))
+    seen: list[tuple[str, str | None, str]] = []
+
+    async def hook(s: AsyncSession, event: TrackingEvent, previous: str | None) -> None:
+        # What the rollup's own SQL would read in the judging transaction.
+        stored = (
+            await (await s.connection()).execute(
+                text("SELECT verdict FROM tracking_event WHERE id = :id"), {"id": event.id}
+            )
+        ).scalar_one()
+        seen.append((event.id, previous, stored))
+
+    monkeypatch.setattr(tj, "rollup_verdict_hook", lambda: hook)
+    msg = await make_message(db, settings, LINKS)
+    ip = "88.198.202.11"
+    click = await _record(db, msg, "book", _hit(ip, 0, msg))
     await TrackingJudge(db, settings, None).work_once()
-    async with db.session() as s:
-        assert await forget_contact_evidence(s, f"c_erase_{mine.send_id}") == 1
-        await s.commit()
-    [gone] = await judged(db, mine.send_id, 1)
-    assert (gone.ip, gone.user_agent, gone.headers) == (None, None, {})
-    assert gone.verdict == "human"  # what reports count stays
-    [kept] = await judged(db, other.send_id, 1)
-    assert kept.ip == HOME_IP
+    trap = await _record(db, msg, "trap", _hit(ip, 5, msg))
+    await TrackingJudge(db, settings, None).work_once()
+    assert seen == [
+        (click, None, "human"),
+        (trap, None, "automated"),
+        (click, "human", "automated"),
+    ]
