@@ -129,7 +129,8 @@ def _hit(request: Request) -> Hit:
 
 # `:path` so that every URL under /t/o/ and /t/c/ reaches the handler (and its 404):
 # otherwise a token with a slash would get the framework's trailing-slash redirect.
-@router.api_route("/t/o/{token:path}", methods=["GET", "HEAD"], summary="Open pixel")
+@router.get("/t/o/{token:path}", summary="Open pixel (HEAD too)")
+@router.head("/t/o/{token:path}", include_in_schema=False)
 async def open_pixel(token: str, request: Request) -> Response:
     verified = _signer(request.app).verify(token, "open", int(time.time()))
     if verified is None:
@@ -155,7 +156,8 @@ async def open_pixel(token: str, request: Request) -> Response:
     return Response(body, media_type="image/gif", headers=headers)
 
 
-@router.api_route("/t/c/{token:path}", methods=["GET", "HEAD"], summary="Click redirect")
+@router.get("/t/c/{token:path}", summary="Click redirect (HEAD too)")
+@router.head("/t/c/{token:path}", include_in_schema=False)
 async def click_redirect(token: str, request: Request) -> Response:
     verified = _signer(request.app).verify(token, "click", int(time.time()))
     if verified is None:

@@ -206,6 +206,7 @@ async def test_only_the_human_click_signals_the_run(
 
         await eventually(moved_on, timeout=5, interval=0.02)
         elapsed = time.monotonic() - started
+        print(f"the run left wait_for_engagement {elapsed * 1000:.0f} ms after the click")
         assert elapsed < 1.0, f"the run moved on after {elapsed:.2f}s"
         assert "clicked" in (await _state(temporal, workflow_id))["visits"]
     human = [e for e in await events_of(db, send.id) if e.verdict == "human"]
