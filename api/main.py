@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from temporalio.client import Client
@@ -36,7 +36,10 @@ def create_app(
             app.state.db = Database(settings.database_url)
         if app.state.temporal is None:
             app.state.temporal = await connect(settings)
-        yield
+        async with AsyncExitStack() as stack:
+            for hook in discover_lifespans():
+                await stack.enter_async_context(hook(app))
+            yield
         if owns_db:
             await app.state.db.dispose()
 
@@ -65,6 +68,17 @@ def discover_routers() -> list[tuple[APIRouter, bool]]:
         if isinstance(router, APIRouter):
             found.append((router, bool(getattr(module, "DEV_ONLY", False))))
     return found
+
+
+def discover_lifespans() -> list[Callable[[FastAPI], AbstractAsyncContextManager[None]]]:
+    """Router modules may run background work for the app's lifetime with a
+    `lifespan(app)` async context manager (e.g. the tracking judge)."""
+    hooks = []
+    for info in sorted(pkgutil.iter_modules(api.routers.__path__), key=lambda m: m.name):
+        hook = getattr(importlib.import_module(f"api.routers.{info.name}"), "lifespan", None)
+        if callable(hook):
+            hooks.append(hook)
+    return hooks
 
 
 def app_factory() -> FastAPI:

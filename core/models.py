@@ -20,6 +20,9 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
 )
+from sqlalchemy import (
+    text as sql_text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -232,8 +235,20 @@ class TrackedLink(SQLModel, table=True):
 
 
 class TrackingEvent(SQLModel, table=True):
+    """One open/click request as recorded; `verdict IS NULL` rows are the judge's queue."""
+
     __tablename__ = "tracking_event"
-    __table_args__ = (Index("ix_tracking_send_at", "send_id", "at"),)
+    __table_args__ = (
+        Index("ix_tracking_send_at", "send_id", "at"),
+        # The judge's queue and the signaller's queue stay small, so partial indexes keep
+        # both lookups cheap however many judged events accumulate.
+        Index("ix_tracking_pending", "send_id", "at", postgresql_where=sql_text("verdict IS NULL")),
+        Index(
+            "ix_tracking_unsignalled",
+            "at",
+            postgresql_where=sql_text("verdict = 'human' AND signal_result IS NULL"),
+        ),
+    )
     id: str = Field(default_factory=lambda: new_id("te"), primary_key=True)
     send_id: str
     link_id: str | None = None
@@ -249,6 +264,13 @@ class TrackingEvent(SQLModel, table=True):
     confidence: float | None = None
     revised_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     signalled: bool = False
+    # The verdict first given, kept when a later event (trap hit, sweep) revises it.
+    first_verdict: str | None = None
+    first_reason: str | None = None
+    judged_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # What became of the engagement signal of a human event: sent | run_ended | no_run.
+    signal_result: str | None = None
+    signalled_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class Event(SQLModel, table=True):

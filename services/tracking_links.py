@@ -44,7 +44,9 @@ class MessageLinks:
 
     def _mint(self, kind: str, purpose: str, name: str | None, url: str | None) -> str:
         link_id = new_link_id()
-        self.rows.append(TrackedLink(id=link_id.hex(), send_id=self.send_id, kind=kind, name=name, url=url))
+        self.rows.append(
+            TrackedLink(id=link_id.hex(), send_id=self.send_id, kind=kind, name=name, url=url)
+        )
         token = self.signer.make(link_id, self.expires_at, purpose)
         path = {"open": "t/o", "click": "t/c", "unsub": "u"}[purpose]
         return f"{self.base_url}/{path}/{token}"
@@ -86,6 +88,11 @@ async def save_links(session: AsyncSession, links: MessageLinks) -> None:
         return
     await session.exec(  # type: ignore[call-overload]
         insert(TrackedLink)
-        .values([dict(id=r.id, send_id=r.send_id, kind=r.kind, name=r.name, url=r.url) for r in links.rows])
+        .values(
+            [
+                dict(id=r.id, send_id=r.send_id, kind=r.kind, name=r.name, url=r.url)
+                for r in links.rows
+            ]
+        )
         .on_conflict_do_nothing(index_elements=["id"])
     )

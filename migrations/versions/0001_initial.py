@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 15:32:48.159782
+Create Date: 2026-11-22 15:46:56.744005
 """
 from collections.abc import Sequence
 
@@ -316,9 +316,16 @@ def upgrade() -> None:
     sa.Column('confidence', sa.Float(), nullable=True),
     sa.Column('revised_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('signalled', sa.Boolean(), nullable=False),
+    sa.Column('first_verdict', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('first_reason', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('judged_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('signal_result', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('signalled_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
+    op.create_index('ix_tracking_pending', 'tracking_event', ['send_id', 'at'], unique=False, postgresql_where=sa.text('verdict IS NULL'))
     op.create_index('ix_tracking_send_at', 'tracking_event', ['send_id', 'at'], unique=False)
+    op.create_index('ix_tracking_unsignalled', 'tracking_event', ['at'], unique=False, postgresql_where=sa.text("verdict = 'human' AND signal_result IS NULL"))
     op.create_table('consent',
     sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
     sa.Column('contact_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -347,7 +354,9 @@ def downgrade() -> None:
     op.drop_table('journey_version')
     op.drop_index('ix_consent_contact_cat', table_name='consent')
     op.drop_table('consent')
+    op.drop_index('ix_tracking_unsignalled', table_name='tracking_event', postgresql_where=sa.text("verdict = 'human' AND signal_result IS NULL"))
     op.drop_index('ix_tracking_send_at', table_name='tracking_event')
+    op.drop_index('ix_tracking_pending', table_name='tracking_event', postgresql_where=sa.text('verdict IS NULL'))
     op.drop_table('tracking_event')
     op.drop_index(op.f('ix_tracked_link_send_id'), table_name='tracked_link')
     op.drop_table('tracked_link')

@@ -1,0 +1,133 @@
+"""What a tracking request showed: the client's address and the headers that matter.
+
+Pure functions (no I/O) so the rules are unit-tested on their own. The client address
+comes from X-Forwarded-For only when the peer is a trusted proxy (SPEC section 4,
+TRUSTED_PROXIES); anyone can write that header, so believing it from any other peer
+would let a scanner pass itself off as a home connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Headers the classifier weighs (SPEC section 5). Never cookies, authorization or the
+# referer's value: those can carry identities or the page a patient came from.
+KEPT_HEADERS: tuple[str, ...] = (
+    "accept",
+    "accept-language",
+    "sec-fetch-site",
+    "sec-fetch-mode",
+    "sec-fetch-dest",
+    "sec-fetch-user",
+    "sec-purpose",
+    "purpose",
+    "x-purpose",
+    "x-moz",
+    "via",
+    "sec-ch-ua",
+    "sec-ch-ua-mobile",
+    "sec-ch-ua-platform",
+)
+# Derived facts, stored under names no client can send (they are not header names).
+XFF_HOPS = "x-forwarded-for-hops"
+REFERER_PRESENT = "referer-present"
+
+MAX_HEADER_VALUE = 512
+MAX_USER_AGENT = 1024
+MAX_XFF_ENTRIES = 32
+
+
+class TrustedProxyError(ValueError):
+    """TRUSTED_PROXIES holds something that is not a CIDR; the message names the item."""
+
+
+@lru_cache(maxsize=8)
+def parse_trusted_proxies(value: str) -> tuple[IPNetwork, ...]:
+    """`"127.0.0.0/8, ::1/128"` -> networks. Empty means no proxy is trusted."""
+    nets: list[IPNetwork] = []
+    for index, part in enumerate(p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise TrustedProxyError(
+                f"TRUSTED_PROXIES item {index + 1} is not a CIDR (e.g. 10.0.0.0/8)"
+            ) from None
+    return tuple(nets)
+
+
+def parse_address(value: str) -> IPAddress | None:
+    """An address as proxies write it: bare, `a.b.c.d:port`, `[v6]:port`; v4-mapped unwrapped."""
+    text = value.strip().strip('"')
+    if not text or len(text) > 64:
+        return None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None
+        text = text[1:end]
+    elif text.count(":") == 1 and "." in text:
+        text = text.split(":", 1)[0]
+    text = text.split("%", 1)[0]  # zone ids say nothing about the client
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def _trusted(addr: IPAddress, proxies: Iterable[IPNetwork]) -> bool:
+    return any(addr.version == net.version and addr in net for net in proxies)
+
+
+def forwarded_chain(values: Iterable[str]) -> list[str]:
+    """Every X-Forwarded-For header (there may be several), split, in order."""
+    chain: list[str] = []
+    for value in values:
+        chain.extend(item.strip() for item in value.split(",") if item.strip())
+    return chain
+
+
+def client_ip(peer: str | None, xff: list[str], proxies: tuple[IPNetwork, ...]) -> str:
+    """The address of the client that made the request.
+
+    Walk from the peer towards the client: each hop is believed only while the hop
+    that reported it is a trusted proxy. The first untrusted address is the client;
+    a malformed entry stops the walk at the last address we could believe.
+    """
+    current = parse_address(peer or "")
+    if current is None:
+        return ""
+    for item in reversed(xff[-MAX_XFF_ENTRIES:]):
+        if not _trusted(current, proxies):
+            break
+        nxt = parse_address(item)
+        if nxt is None:
+            break
+        current = nxt
+    return str(current)
+
+
+def evidence_headers(
+    headers: Mapping[str, str], xff_hops: int, has_referer: bool
+) -> dict[str, str]:
+    """Lower-case names, bounded values, `accept` always present (empty when not sent)."""
+    out: dict[str, str] = {}
+    for name in KEPT_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            out[name] = value[:MAX_HEADER_VALUE]
+    out.setdefault("accept", "")
+    if xff_hops:
+        out[XFF_HOPS] = str(xff_hops)
+    if has_referer:
+        out[REFERER_PRESENT] = "1"
+    return out

@@ -1,0 +1,60 @@
+"""The judge's pure parts: a stored event as classifier evidence, and fault isolation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from classifier import Classifier, TrackingEvidence, Verdict
+from core.models import TrackingEvent
+from services.tracking_judge import JUDGE_ERROR, _SendFacts, evidence_of, judge_one
+
+SENT = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+
+def _row(**kw: object) -> TrackingEvent:
+    base: dict[str, object] = dict(
+        id="te_1",
+        send_id="s_1",
+        kind="click",
+        link="book",
+        at=SENT + timedelta(minutes=3),
+        ip="73.15.237.200",
+        user_agent=None,
+        method="head",
+        headers={"sec-fetch-user": "?1"},
+    )
+    base.update(kw)
+    return TrackingEvent(**base)  # type: ignore[arg-type]
+
+
+def test_stored_event_becomes_evidence_with_what_is_known_of_its_message() -> None:
+    ev = evidence_of(_row(), _SendFacts(SENT, True, 3))
+    assert ev == TrackingEvidence(
+        id="te_1",
+        kind="click",
+        message_id="s_1",
+        link="book",
+        links_in_message=3,
+        sent_at=SENT,
+        at=SENT + timedelta(minutes=3),
+        ip="73.15.237.200",
+        method="HEAD",
+        user_agent="",
+        headers={"sec-fetch-user": "?1", "accept": ""},
+    )
+    assert ev.seconds_after_send == 180
+
+
+def test_a_classifier_fault_gives_unknown_instead_of_blocking_the_queue() -> None:
+    class Broken(Classifier):
+        def judge(self, event: TrackingEvidence) -> list[Verdict]:
+            raise RuntimeError("bug")
+
+    assert judge_one(Broken(), _row(), _SendFacts(SENT, True, 1)) == [
+        Verdict("te_1", "unknown", JUDGE_ERROR, 0.0)
+    ]
+
+
+def test_judge_one_returns_the_classifiers_verdicts() -> None:
+    [v] = judge_one(Classifier(), _row(), _SendFacts(SENT, True, 1))
+    assert (v.id, v.verdict, v.reason) == ("te_1", "automated", "head_request")
