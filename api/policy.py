@@ -121,10 +121,10 @@ _RULES: dict[tuple[str, str], Rule] = {
     ("PUT", "/v1/segments/{key}"): allow(DESIGNER, OPERATOR),
     ("DELETE", "/v1/segments/{key}"): allow(DESIGNER, OPERATOR),
     ("GET", "/v1/segments/{key}/members"): allow(DESIGNER, OPERATOR),
-    # Integrations (CRM list sync) manage static members; they do not define segments.
-    ("POST", "/v1/segments/{key}/members"): allow(DESIGNER, OPERATOR, INTEGRATION),
-    ("DELETE", "/v1/segments/{key}/members"): allow(DESIGNER, OPERATOR, INTEGRATION),
-    ("DELETE", "/v1/segments/{key}/members/{contact_id}"): allow(DESIGNER, OPERATOR, INTEGRATION),
+    # SPEC 7: integrations reach events and contacts only, so not segment members.
+    ("POST", "/v1/segments/{key}/members"): allow(DESIGNER, OPERATOR),
+    ("DELETE", "/v1/segments/{key}/members"): allow(DESIGNER, OPERATOR),
+    ("DELETE", "/v1/segments/{key}/members/{contact_id}"): allow(DESIGNER, OPERATOR),
     # --- attribute schema (names and types only, no values) -------------------------
     ("GET", "/v1/attributes"): allow(*READERS),
     ("PUT", "/v1/attributes/{name}"): allow(DESIGNER),

@@ -18,15 +18,11 @@ process has judged some of its events since.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, text
@@ -40,7 +36,10 @@ from classifier.classifier import DEFAULT_HORIZON
 from core.config import Settings
 from core.db import Database
 from core.models import Run, Send, TrackedLink, TrackingEvent, utcnow
+from services.context import ServiceContext
 from services.network_list import ActiveList, NetworkListCache
+from services.report_rollup import on_tracking_verdict
+from services.segment_membership import on_contact_changed
 from workflows.types import EngagementSignal
 
 log = logging.getLogger("journeys.tracking.judge")
@@ -83,25 +82,6 @@ class _SendFacts:
     links: int
 
 
-VerdictHook = Callable[[AsyncSession, TrackingEvent, "str | None"], Awaitable[None]]
-
-
-@cache
-def rollup_verdict_hook() -> VerdictHook | None:
-    """services.report_rollup.on_tracking_verdict(session, event, previous_verdict), when
-    the reports module is part of this code base (it is built on its own branch).
-
-    Only a module beside this one counts: an editable install of another checkout can
-    make `services.report_rollup` importable from a tree whose tables this database lacks.
-    """
-    spec = importlib.util.find_spec("services.report_rollup")
-    if spec is None or spec.origin is None:
-        return None
-    if Path(spec.origin).resolve().parent != Path(__file__).resolve().parent:
-        return None
-    module = importlib.import_module("services.report_rollup")
-    hook: VerdictHook | None = getattr(module, "on_tracking_verdict", None)
-    return hook
 
 
 def judge_one(classifier: Classifier, row: TrackingEvent, facts: _SendFacts) -> list[Verdict]:
@@ -159,6 +139,7 @@ class TrackingJudge:
         self._cache: OrderedDict[str, _MessageState] = OrderedDict()
         self._wake = asyncio.Event()
         self._changed: list[tuple[TrackingEvent, str | None]] = []
+        self._engaged_sends: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle --------------------------------------------------------
@@ -293,7 +274,8 @@ class TrackingJudge:
                     await self._apply_revisions(s, revisions, batch, now)
             await self._report_verdicts(s)
             await s.commit()
-            return len(pending)
+        await self._update_segments()
+        return len(pending)
 
     async def _send_facts(self, s: AsyncSession, send_ids: Sequence[str]) -> dict[str, _SendFacts]:
         sends = {
@@ -424,12 +406,28 @@ class TrackingJudge:
         """Report counts move in the judging transaction, so they never disagree with the
         stored verdicts (a revision moves a count from human to automated)."""
         changed, self._changed = self._changed, []
-        hook = rollup_verdict_hook()
-        if hook is None or not changed:
+        if not changed:
             return
         await s.flush()  # the rollup reads the rows with SQL of its own
         for row, previous in changed:
-            await hook(s, row, previous)
+            await on_tracking_verdict(s, row, previous)
+        # Behavioural segments ("opened in the last 90 days") read human verdicts.
+        self._engaged_sends.update(
+            row.send_id for row, previous in changed if "human" in (row.verdict, previous)
+        )
+
+    async def _update_segments(self) -> None:
+        """After the verdicts commit: re-evaluate the engaged contacts' segments."""
+        send_ids, self._engaged_sends = self._engaged_sends, set()
+        if not send_ids:
+            return
+        async with self.db.session() as s:
+            contact_ids = set(
+                (await s.exec(select(Send.contact_id).where(col(Send.id).in_(send_ids)))).all()
+            )
+            ctx = ServiceContext(s, self.settings, self.temporal)
+            for contact_id in contact_ids:
+                await on_contact_changed(ctx, contact_id, kinds={"engagement"})
 
     # --- signalling -------------------------------------------------------
     async def signal_pending(self) -> int:

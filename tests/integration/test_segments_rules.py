@@ -218,8 +218,8 @@ async def test_changing_a_rule_moves_members_with_events(
 
 
 async def test_roles(api: httpx.AsyncClient, app_client: httpx.AsyncClient, key_for) -> None:  # type: ignore[no-untyped-def]
-    """Marketers see counts, never member ids; integrations manage static members and
-    import, but do not define segments."""
+    """Marketers see counts, never member ids; integrations import contacts but reach
+    neither segment definitions nor members (SPEC 7: events and contacts only)."""
     t = tag()
     key = f"roles-{t}"
     assert (await api.post("/v1/segments", json={"key": key})).status_code == 201
@@ -234,6 +234,8 @@ async def test_roles(api: httpx.AsyncClient, app_client: httpx.AsyncClient, key_
     contact = await make_contact(api, f"{t}-a")
     r = await app_client.post(f"/v1/segments/{key}/members", json={"contact_ids": [contact]},
                               headers=integration)
+    assert r.status_code == 403
+    r = await api.post(f"/v1/segments/{key}/members", json={"contact_ids": [contact]})
     assert r.status_code == 200 and r.json()["added"] == 1
     r = await app_client.post("/v1/contacts/import", content=f"external_id\n{t}-b\n",
                               headers=integration | {"content-type": "text/csv"})

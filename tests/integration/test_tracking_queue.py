@@ -172,7 +172,7 @@ async def test_every_verdict_and_revision_reaches_the_reports_hook_before_commit
         ).scalar_one()
         seen.append((event.id, previous, stored))
 
-    monkeypatch.setattr(tj, "rollup_verdict_hook", lambda: hook)
+    monkeypatch.setattr(tj, "on_tracking_verdict", hook)
     msg = await make_message(db, settings, LINKS)
     ip = "88.198.202.11"
     click = await _record(db, msg, "book", _hit(ip, 0, msg))
