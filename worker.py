@@ -10,6 +10,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.entry import EntryActivities
 from activities.runs import RunActivities
 from activities.sending import SendActivities
 from activities.smtp import SmtpTransport, parse_smtp_url
@@ -17,12 +18,13 @@ from core.config import Settings, get_settings
 from core.db import Database
 from core.temporal import connect
 from workflows.journey import JourneyWorkflow
+from workflows.scheduled_entry import ScheduledEntryWorkflow
 
 log = logging.getLogger("journeys.worker")
 
 
 def workflows() -> Sequence[type]:
-    return [JourneyWorkflow]
+    return [JourneyWorkflow, ScheduledEntryWorkflow]
 
 
 def activities(db: Database, settings: Settings) -> list[Any]:
@@ -31,7 +33,8 @@ def activities(db: Database, settings: Settings) -> list[Any]:
     transport = SmtpTransport(parse_smtp_url(settings.smtp_url, settings.smtp_allow_plaintext))
     runs = RunActivities(db)
     sending = SendActivities(db, settings, transport)
-    return [runs.record_steps, sending.send_email]
+    entry = EntryActivities(db, settings)
+    return [runs.record_steps, sending.send_email, entry.enroll_audience]
 
 
 def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
