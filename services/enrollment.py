@@ -31,7 +31,7 @@ from workflows.journey import WORKFLOW_NAME, workflow_id
 from workflows.types import EventSignal, JourneyInput
 
 # Workflow starts in flight at once; measured on the dev server (see README, "Journey entry").
-CONCURRENCY = 200
+CONCURRENCY = 100
 PAGE = 1000
 
 UNKNOWN_CONTACT = "unknown_contact"
