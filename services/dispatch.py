@@ -160,7 +160,9 @@ async def _deliver(
         if reason:
             reach.skipped[key] = reason
             return
-        out = await start(client, task_queue, v, cid, trigger_event=sig)
+        out = await start(
+            client, task_queue, v, cid, trigger_event=sig, expect_closed=prior is not None
+        )
         if out.run_id is not None:
             reach.started.append(key)
             writes.runs.append(run_row(v, cid, out.run_id))

@@ -33,6 +33,7 @@ from workflows.types import EventSignal, JourneyInput
 # Workflow starts in flight at once; measured on the dev server (see README, "Journey entry").
 CONCURRENCY = 100
 PAGE = 1000
+CLOSE_WAIT_SECONDS = 10.0
 
 UNKNOWN_CONTACT = "unknown_contact"
 DUPLICATE = "duplicate"
@@ -120,13 +121,44 @@ async def start(
     chain: list[str] | None = None,
     trigger_event: EventSignal | None = None,
     trigger_event_id: str | None = None,
+    expect_closed: bool = False,
 ) -> StartOutcome:
     """Starts a run of version v. With trigger_event this is signal-with-start: a run that is
-    already running gets the event as signal `event` instead."""
-    wid = workflow_id(v.journey_key, contact_id)
+    already running gets the event as signal `event` instead.
+
+    expect_closed: the run table says the previous run ended. Its workflow records the end
+    just before it closes, so for a moment Temporal may still see it running: wait for it
+    to close and start the new run then, rather than reporting it as running."""
     if trigger_event is not None:
         trigger_event_id = trigger_event.event_id
     inp = journey_input(v, contact_id, chain=chain, trigger_event_id=trigger_event_id)
+    out = await _start_once(client, task_queue, v, contact_id, inp, trigger_event)
+    if expect_closed and out.run_id is None and out.reason == reentry.ALREADY_RUNNING:
+        if await _closed(client, workflow_id(v.journey_key, contact_id)):
+            out = await _start_once(client, task_queue, v, contact_id, inp, trigger_event)
+    return out
+
+
+async def _closed(client: Client, wid: str) -> bool:
+    """Waits (briefly) for the workflow to close."""
+    try:
+        await asyncio.wait_for(client.get_workflow_handle(wid).result(), CLOSE_WAIT_SECONDS)
+    except TimeoutError:
+        return False
+    except Exception:  # failed, terminated, cancelled: closed all the same
+        pass
+    return True
+
+
+async def _start_once(
+    client: Client,
+    task_queue: str,
+    v: JourneyVersion,
+    contact_id: str,
+    inp: JourneyInput,
+    trigger_event: EventSignal | None,
+) -> StartOutcome:
+    wid = workflow_id(v.journey_key, contact_id)
     common: dict[str, Any] = dict(
         id=wid,
         task_queue=task_queue,
@@ -261,7 +293,8 @@ async def _enroll_page(
 
     async def one(cid: str) -> tuple[str, StartOutcome]:
         async with sem:
-            return cid, await start(client, task_queue, v, cid)
+            ended = cid in last  # refusal() let it through, so that run has ended
+            return cid, await start(client, task_queue, v, cid, expect_closed=ended)
 
     rows: list[dict[str, Any]] = []
     for cid, out in await asyncio.gather(*(one(cid) for cid in todo)):

@@ -10,6 +10,7 @@ import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
+from tests.helpers import eventually
 from workflows.journey import workflow_id
 
 
@@ -59,15 +60,20 @@ async def published(api: httpx.AsyncClient, d: dict[str, Any]) -> str:
     return str(d["key"])
 
 
-async def signals(temporal: Client, journey_key: str, contact_id: str) -> list[str]:
+async def signals(temporal: Client, journey_key: str, contact_id: str, n: int = 1) -> list[str]:
     """Names of the signals the newest run of (journey, contact) received, start signal
-    included, in order."""
+    included, in order, once there are at least n: a signal that arrives while a workflow
+    task is in flight is buffered and reaches the history only when that task completes."""
     handle = temporal.get_workflow_handle(workflow_id(journey_key, contact_id))
-    names: list[str] = []
-    async for ev in handle.fetch_history_events():
-        if ev.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
-            names.append(ev.workflow_execution_signaled_event_attributes.signal_name)
-    return names
+
+    async def probe() -> list[str]:
+        names: list[str] = []
+        async for ev in handle.fetch_history_events():
+            if ev.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+                names.append(ev.workflow_execution_signaled_event_attributes.signal_name)
+        return names if len(names) >= n else []
+
+    return await eventually(probe, timeout=10)
 
 
 async def runs_of(api: httpx.AsyncClient, key: str) -> list[dict[str, Any]]:

@@ -24,14 +24,14 @@ async def test_event_trigger_starts_a_run(api: httpx.AsyncClient, temporal: Clie
     body = r.json()
     assert body["started"] == 1 and body["duplicate"] is False
     assert body["journeys"] == [{"journey": key, "action": "started"}]
-    assert await signals(temporal, key, cid) == ["event"]
+    assert await signals(temporal, key, cid, 1) == ["event"]
     (run,) = await runs_of(api, key)
     assert run["contact_id"] == cid and run["status"] == "running"
 
     # The same event again reaches the running run as a signal; no second run starts.
     r = await api.post("/v1/events", json={"contact": {"id": cid}, "event": f"visit_{t}"})
     assert r.json()["started"] == 0 and r.json()["signalled"] == 1
-    assert await signals(temporal, key, cid) == ["event", "event"]
+    assert await signals(temporal, key, cid, 2) == ["event", "event"]
     assert len(await runs_of(api, key)) == 1
 
 
@@ -76,7 +76,7 @@ async def test_one_event_reaches_every_journey_and_every_run(
         (a, "started"), (b, "started"), (waiting, "signalled")
     }
     for key in (a, b, waiting):
-        assert await signals(temporal, key, cid) == ["event"]
+        assert await signals(temporal, key, cid, 1) == ["event"]
     assert await runs_of(api, other) == []
 
 
@@ -93,7 +93,7 @@ async def test_idempotency_key_makes_a_repeat_a_no_op(
     assert {k: v for k, v in again.items() if k != "duplicate"} == {
         k: v for k, v in first.items() if k != "duplicate"
     }
-    assert await signals(temporal, key, cid) == ["event"]  # reached once
+    assert await signals(temporal, key, cid, 1) == ["event"]  # reached once
     async with db.session() as s:
         n = (await s.exec(select(func.count()).where(Event.idempotency_key == f"k-{t}"))).one()
     assert n == 1
@@ -107,7 +107,7 @@ async def test_idempotency_key_makes_a_repeat_a_no_op(
     assert [x["duplicate"] for x in r["results"]] == [False, True]
     assert r["results"][0]["id"] == r["results"][1]["id"]
     assert (r["stored"], r["duplicates"]) == (1, 1)
-    assert await signals(temporal, key, cid) == ["event", "event"]
+    assert await signals(temporal, key, cid, 2) == ["event", "event"]
 
 
 async def test_bad_batch_is_refused_whole_naming_index_and_field(
@@ -133,7 +133,8 @@ async def test_bad_batch_is_refused_whole_naming_index_and_field(
     batch["events"] = [batch["events"][i] for i in (0, 2, 3)]
     r = await api.post("/v1/events", json=batch)
     assert r.status_code == 422, r.text
-    assert [(e["index"], e["field"], e["code"]) for e in r.json()["error"]["details"]["errors"]] == [
+    errors = r.json()["error"]["details"]["errors"]
+    assert [(e["index"], e["field"], e["code"]) for e in errors] == [
         (2, "contact.id", "unknown_contact")
     ]
     async with db.session() as s:
@@ -162,7 +163,7 @@ async def test_batch_delivers_in_order_per_contact(
     assert r.status_code == 200, r.text
     actions = [[j["action"] for j in x["journeys"]] for x in r.json()["results"]]
     assert actions == [["started"], ["started"], ["signalled"], ["signalled"]]
-    assert await signals(temporal, key, c1) == ["event", "event", "event"]
+    assert await signals(temporal, key, c1, 3) == ["event", "event", "event"]
     assert sorted(x["contact_id"] for x in await runs_of(api, key)) == sorted([c1, c2])
 
 
@@ -182,7 +183,8 @@ async def test_stored_run_marked_running_but_closed_is_reconciled(
     brings the run row up to date and (reentry always) starts a new run."""
     t = tag()
     key = await published(
-        api, definition(f"rc-{t}", {"type": "event", "event": f"go_{t}"}, reentry={"mode": "always"})
+        api,
+        definition(f"rc-{t}", {"type": "event", "event": f"go_{t}"}, reentry={"mode": "always"}),
     )
     cid = await contact(api)
     assert (await api.post("/v1/events", json={"contact": {"id": cid}, "event": f"go_{t}"})).json()[

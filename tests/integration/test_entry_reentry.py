@@ -113,7 +113,7 @@ async def test_paused_journey_takes_no_new_entries(
     assert (await _send(api, inside, f"go_{t}"))["journeys"] == [
         {"journey": key, "action": "signalled"}
     ]
-    assert await signals(temporal, key, inside) == ["event", "event"]
+    assert await signals(temporal, key, inside, 2) == ["event", "event"]
 
     await api.post(f"/v1/journeys/{key}/resume")
     assert (await _send(api, outside, f"go_{t}"))["started"] == 1
@@ -138,10 +138,54 @@ async def test_segment_entry_trigger(
         hit = await emit_internal(ctx, cid, "segment_entry", {"segment": seg})
     assert miss["journeys"] == []
     assert hit["journeys"] == [{"journey": key, "action": "started"}]
-    assert await signals(temporal, key, cid) == ["event"]
+    assert await signals(temporal, key, cid, 1) == ["event"]
     # Leaving the segment reaches the run (exit_when segment_exit is the interpreter's).
     async with db.session() as s:
         out = await emit_internal(
             ServiceContext(s, settings, temporal), cid, "segment_exit", {"segment": seg}
         )
     assert out["journeys"] == [{"journey": key, "action": "signalled"}]
+
+
+async def test_run_recorded_as_ended_but_still_closing_is_awaited(
+    api: httpx.AsyncClient, db: Database, temporal: Client
+) -> None:
+    """The workflow records its end just before it closes. An event in between must start
+    the new run (reentry allows it), not be swallowed by the closing one."""
+    from sqlalchemy import update
+    from sqlmodel import col
+
+    from core.models import Run
+    from workflows.journey import workflow_id
+
+    t = tag()
+    key = await published(
+        api,
+        definition(f"cl-{t}", {"type": "event", "event": f"go_{t}"}, reentry={"mode": "always"}),
+    )
+    cid = await contact(api)
+    assert (await _send(api, cid, f"go_{t}"))["started"] == 1
+
+    async def holding() -> bool:
+        return [r["step"] for r in await runs_of(api, key)] == ["hold"]
+
+    await eventually(holding)  # its own records are written; now fake the last one
+    async with db.session() as s:  # as if its last record_steps had just been written
+        await s.exec(  # type: ignore[call-overload]
+            update(Run).where(col(Run.journey_key) == key).values(
+                status="completed", ended_at=datetime.now().astimezone()
+            )
+        )
+        await s.commit()
+    handle = temporal.get_workflow_handle(workflow_id(key, cid))
+
+    async def close_soon() -> None:
+        await asyncio.sleep(1)
+        await handle.terminate("closing")
+
+    closer = asyncio.create_task(close_soon())
+    out = await _send(api, cid, f"go_{t}")
+    await closer
+    assert out["journeys"] == [{"journey": key, "action": "started"}]
+    assert (await handle.describe()).status is not None
+    assert len(await runs_of(api, key)) == 2

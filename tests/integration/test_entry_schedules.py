@@ -47,7 +47,7 @@ async def test_cron_schedule_follows_the_journey_and_enrols_its_segment(
     assert desc.schedule.spec.time_zone_name == "America/New_York"
     cal = desc.schedule.spec.calendars or desc.schedule.spec.cron_expressions
     assert cal, desc.schedule.spec
-    assert desc.schedule.action.workflow == "ScheduledEntry"  # type: ignore[union-attr]
+    assert desc.schedule.action.workflow == "ScheduledEntry"  # type: ignore[attr-defined]
 
     await handle.trigger()
 
@@ -122,7 +122,8 @@ async def test_attribute_schedule_firing_uses_its_own_window(
     trigger = {"type": "schedule", "attribute": attr, "at_local_time": due.strftime("%H:%M")}
     key = await published(api, definition(f"bf-{t}", trigger))
     hit = await contact(api, timezone="UTC", attributes={attr: due.date().isoformat()})
-    await contact(api, timezone="UTC", attributes={attr: (due + timedelta(days=180)).date().isoformat()})
+    not_due = (due + timedelta(days=180)).date().isoformat()
+    await contact(api, timezone="UTC", attributes={attr: not_due})
     await temporal.get_schedule_handle(schedule_id(key)).trigger()
 
     async def enrolled() -> list[str]:
