@@ -6,6 +6,7 @@ reaches every journey it triggers and every run waiting for it or exiting on it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,10 +14,13 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
+from temporalio.service import RPCError
 
 from core.models import Contact, Event, new_id, utcnow
 from services.context import ServiceContext
-from services.errors import Invalid
+from services.errors import Invalid, Unavailable
+
+log = logging.getLogger("journeys.events")
 
 MAX_BATCH = 1000
 # A stored event whose dispatch never finished (the process died) is dispatched again by a
@@ -208,6 +212,7 @@ async def ingest_many(
             {"errors": [{"field": "events", "code": "too_long", "message": "too many events"}]},
         )
     items = parse_events(raw_items, indexed=indexed)
+    ctx.require_temporal()  # before anything is stored
     contact_ids = await _resolve_contacts(ctx, items, indexed)
     stored = await store_events(ctx, items, contact_ids)
     await _contacts_changed(ctx, {ev.contact_id for ev, new in stored if new})
@@ -218,7 +223,15 @@ async def ingest_many(
             todo.setdefault(ev.id, ev)
     from services.dispatch import dispatch_events
 
-    outcomes = dict(zip(todo, await dispatch_events(ctx, list(todo.values())), strict=True))
+    try:
+        delivered = await dispatch_events(ctx, list(todo.values()))
+    except RPCError as exc:
+        raise Unavailable(
+            "events were stored but Temporal did not take them; repeat the call with the "
+            "same idempotency keys to deliver them",
+            {"stored": list(todo)},
+        ) from exc
+    outcomes = dict(zip(todo, delivered, strict=True))
     results: list[dict[str, Any]] = []
     for ev, new in stored:
         outcome = outcomes.get(ev.id) or ev.dispatch_result or {"dispatch": "pending"}
@@ -245,6 +258,10 @@ async def _contacts_changed(ctx: ServiceContext, contact_ids: set[str]) -> None:
 async def emit_internal(
     ctx: ServiceContext, contact_id: str, name: str, properties: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Product-made events (segment_entry, segment_exit, bounce, complaint, unsubscribe)."""
+    """Product-made events (segment_entry, segment_exit, bounce, complaint, unsubscribe).
+    Without a Temporal connection (e.g. a CLI import) the event is stored undelivered."""
     ev, _ = await store_event(ctx, contact_id, name, properties)
+    if ctx.temporal is None:
+        log.warning("event %s (%s) stored without delivery: Temporal is not connected", ev.id, name)
+        return {"dispatch": "pending", "started": 0, "signalled": 0, "journeys": []}
     return await dispatch(ctx, ev)
