@@ -31,7 +31,7 @@ from workflows.journey import WORKFLOW_NAME, workflow_id
 from workflows.types import EventSignal, JourneyInput
 
 # Workflow starts in flight at once; measured on the dev server (see README, "Journey entry").
-CONCURRENCY = 100
+CONCURRENCY = 64
 PAGE = 1000
 CLOSE_WAIT_SECONDS = 10.0
 
@@ -242,9 +242,12 @@ async def enroll(
     key: str,
     contact_ids: Sequence[str],
     progress: Callable[[int], None] | None = None,
+    *,
+    chain: list[str] | None = None,
 ) -> EnrollmentResult:
     """Enrol contacts in the newest published version of an active journey, applying the
-    reentry rules. Unknown or erased contacts and repeats in the list are skipped."""
+    reentry rules. Unknown or erased contacts and repeats in the list are skipped. chain:
+    the journeys the contacts came through (start_journey's cross-journey loop guard)."""
     v = await active_version(ctx, key)
     client = ctx.require_temporal()
     result = EnrollmentResult()
@@ -253,7 +256,7 @@ async def enroll(
     sem = asyncio.Semaphore(CONCURRENCY)
     for offset in range(0, len(unique), PAGE):
         page = unique[offset : offset + PAGE]
-        result.add(await _enroll_page(ctx, client, v, page, sem))
+        result.add(await _enroll_page(ctx, client, v, page, sem, chain))
         if progress:
             progress(len(page))
     return result
@@ -265,6 +268,7 @@ async def _enroll_page(
     v: JourneyVersion,
     page: list[str],
     sem: asyncio.Semaphore,
+    chain: list[str] | None = None,
 ) -> EnrollmentResult:
     result = EnrollmentResult()
     known = set(
@@ -294,7 +298,9 @@ async def _enroll_page(
     async def one(cid: str) -> tuple[str, StartOutcome]:
         async with sem:
             ended = cid in last  # refusal() let it through, so that run has ended
-            return cid, await start(client, task_queue, v, cid, expect_closed=ended)
+            return cid, await start(
+                client, task_queue, v, cid, chain=chain, expect_closed=ended
+            )
 
     rows: list[dict[str, Any]] = []
     for cid, out in await asyncio.gather(*(one(cid) for cid in todo)):
