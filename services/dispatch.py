@@ -202,7 +202,13 @@ async def _signal_run(client: Client, run: _Open, sig: EventSignal) -> _Closed |
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
             raise
-    desc = await handle.describe()
+    try:
+        desc = await handle.describe()
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        # Gone from Temporal altogether (past the namespace's retention).
+        return _Closed(run.run_id, "exited", "not_found", utcnow())
     status = desc.status
     if status == WorkflowExecutionStatus.RUNNING:  # closed and restarted in between
         await handle.signal("event", sig)

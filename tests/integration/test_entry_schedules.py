@@ -130,3 +130,29 @@ async def test_attribute_schedule_firing_uses_its_own_window(
         return [r["contact_id"] for r in await runs_of(api, key)]
 
     assert await eventually(enrolled, timeout=30) == [hit]
+
+
+async def test_audience_pages_through_every_contact(db: Database) -> None:
+    from services.audience import audience_page
+
+    trigger = {"type": "schedule", "cron": "@daily"}
+    async with db.session() as s:
+        first = await audience_page(s, trigger, after=None, limit=3)
+        second = await audience_page(s, trigger, after=first.cursor, limit=3)
+    assert len(first.contact_ids) == 3 and first.cursor == first.contact_ids[-1]
+    assert first.contact_ids == sorted(first.contact_ids)
+    assert second.contact_ids and min(second.contact_ids) > first.cursor  # type: ignore[operator]
+    async with db.session() as s:
+        last = await audience_page(s, trigger, after="c_" + "f" * 20, limit=3)
+    assert last == type(last)([], None)
+
+
+def test_activity_resumes_from_its_last_heartbeat() -> None:
+    from activities.entry import _resume
+
+    assert _resume([]) == (None, None)
+    cursor, totals = _resume(["c_42", {"enrolled": 7, "skipped_by_reason": {"reentry_never": 2}}])
+    assert cursor == "c_42" and totals is not None
+    assert totals.as_dict() == {
+        "enrolled": 7, "skipped": 2, "skipped_by_reason": {"reentry_never": 2}
+    }
