@@ -247,5 +247,5 @@ async def _record(
             for ev, reach in zip(events, reaches, strict=True)
         ],
     )
+    await insert_runs(ctx, writes.runs, commit=False)
     await s.commit()
-    await insert_runs(ctx, writes.runs)

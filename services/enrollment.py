@@ -218,12 +218,13 @@ def run_row(v: JourneyVersion, contact_id: str, run_id: str) -> dict[str, Any]:
     )
 
 
-async def insert_runs(ctx: ServiceContext, rows: list[dict[str, Any]]) -> None:
+async def insert_runs(ctx: ServiceContext, rows: list[dict[str, Any]], commit: bool = True) -> None:
     """The run rows of runs just started; the workflow's own record_steps may have won."""
     if rows:
         await ctx.session.exec(  # type: ignore[call-overload]
             insert(Run).values(rows).on_conflict_do_nothing(index_elements=["id"])
         )
+    if commit:
         await ctx.session.commit()
 
 

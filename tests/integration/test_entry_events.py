@@ -198,3 +198,22 @@ async def test_stored_run_marked_running_but_closed_is_reconciled(
     runs = await runs_of(api, key)
     assert sorted(x["status"] for x in runs) == ["exited", "running"]
     assert [x["exit_reason"] for x in runs if x["status"] == "exited"] == ["terminated"]
+
+
+async def test_run_row_whose_workflow_is_gone_is_closed(
+    api: httpx.AsyncClient, db: Database
+) -> None:
+    from core.models import Run
+
+    t = tag()
+    cid = await contact(api)
+    async with db.session() as s:
+        s.add(Run(id=f"gone-{t}", journey_key=f"gone-{t}", version=1, contact_id=cid,
+                  workflow_id=f"journey/gone-{t}/{cid}", status="running"))
+        await s.commit()
+    r = await api.post("/v1/events", json={"contact": {"id": cid}, "event": f"any_{t}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["signalled"] == 0
+    async with db.session() as s:
+        row = await s.get(Run, f"gone-{t}")
+    assert row is not None and (row.status, row.exit_reason) == ("exited", "not_found")
