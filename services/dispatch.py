@@ -31,6 +31,7 @@ from core.models import Event, JourneyVersion, Run, utcnow
 from services import reentry
 from services.context import ServiceContext
 from services.enrollment import insert_runs, run_row, start
+from services.entry_hooks import contacts_changed
 from services.triggers import Entry, trigger_index
 from workflows.types import EventSignal
 
@@ -249,3 +250,8 @@ async def _record(
     )
     await insert_runs(ctx, writes.runs, commit=False)
     await s.commit()
+    # Segments on {"journey": KEY} see the contacts that just entered.
+    await contacts_changed(
+        ctx,
+        [(r["contact_id"], f"journey:{r['journey_key']}") for r in writes.runs],
+    )

@@ -24,6 +24,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from core.models import Contact, Journey, JourneyVersion, Run, utcnow
 from services import reentry
 from services.context import ServiceContext
+from services.entry_hooks import contacts_changed, run_changes
 from services.errors import Conflict
 from services.journeys import get_journey, latest_version
 from workflows import search_attributes as sa
@@ -311,4 +312,5 @@ async def _enroll_page(
             result.enrolled += 1
             rows.append(run_row(v, cid, out.run_id))
     await insert_runs(ctx, rows)
+    await contacts_changed(ctx, run_changes(v.journey_key, (r["contact_id"] for r in rows)))
     return result

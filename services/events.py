@@ -18,6 +18,7 @@ from temporalio.service import RPCError
 
 from core.models import Contact, Event, new_id, utcnow
 from services.context import ServiceContext
+from services.entry_hooks import contacts_changed, event_changes
 from services.errors import Invalid, Unavailable
 
 log = logging.getLogger("journeys.events")
@@ -89,9 +90,14 @@ async def store_event(
 
 
 async def dispatch(ctx: ServiceContext, event: Event) -> dict[str, Any]:
-    """Reach every journey the stored event starts and every running run of its contact."""
+    """Reach every journey the stored event starts and every running run of its contact.
+    Without a Temporal connection (e.g. a CLI import) the event stays stored, undelivered."""
     from services.dispatch import dispatch_events
 
+    if ctx.temporal is None:
+        log.warning("event %s (%s) stored undelivered: Temporal is not connected", event.id,
+                    event.name)
+        return {"dispatch": "pending", "started": 0, "signalled": 0, "journeys": []}
     return (await dispatch_events(ctx, [event]))[0]
 
 
@@ -215,7 +221,9 @@ async def ingest_many(
     ctx.require_temporal()  # before anything is stored
     contact_ids = await _resolve_contacts(ctx, items, indexed)
     stored = await store_events(ctx, items, contact_ids)
-    await _contacts_changed(ctx, {ev.contact_id for ev, new in stored if new})
+    await contacts_changed(
+        ctx, event_changes((ev.contact_id, ev.name) for ev, new in stored if new)
+    )
     due = utcnow() - REDISPATCH_AFTER
     todo: dict[str, Event] = {}
     for ev, new in stored:
@@ -244,24 +252,10 @@ async def ingest(ctx: ServiceContext, data: EventIn | dict[str, Any]) -> dict[st
     return (await ingest_many(ctx, [raw], indexed=False))[0]
 
 
-async def _contacts_changed(ctx: ServiceContext, contact_ids: set[str]) -> None:
-    """Event-based segment rules see the new events (the segments work provides the hook)."""
-    from services import segments
-
-    hook = getattr(segments, "on_contact_changed", None)
-    if hook is None:
-        return
-    for cid in sorted(contact_ids):
-        await hook(ctx, cid)
-
-
 async def emit_internal(
     ctx: ServiceContext, contact_id: str, name: str, properties: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Product-made events (segment_entry, segment_exit, bounce, complaint, unsubscribe).
     Without a Temporal connection (e.g. a CLI import) the event is stored undelivered."""
     ev, _ = await store_event(ctx, contact_id, name, properties)
-    if ctx.temporal is None:
-        log.warning("event %s (%s) stored without delivery: Temporal is not connected", ev.id, name)
-        return {"dispatch": "pending", "started": 0, "signalled": 0, "journeys": []}
     return await dispatch(ctx, ev)
