@@ -258,9 +258,7 @@ async def enroll(
     sem = asyncio.Semaphore(CONCURRENCY)
     for offset in range(0, len(unique), PAGE):
         page = unique[offset : offset + PAGE]
-        result.add(await _enroll_page(ctx, client, v, page, sem, chain))
-        if progress:
-            progress(len(page))
+        result.add(await _enroll_page(ctx, client, v, page, sem, chain, progress))
     return result
 
 
@@ -271,6 +269,7 @@ async def _enroll_page(
     page: list[str],
     sem: asyncio.Semaphore,
     chain: list[str] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> EnrollmentResult:
     result = EnrollmentResult()
     known = set(
@@ -296,13 +295,16 @@ async def _enroll_page(
         else:
             todo.append(cid)
     task_queue = ctx.settings.temporal_task_queue
+    if progress:
+        progress(len(page) - len(todo))  # decided without Temporal
 
     async def one(cid: str) -> tuple[str, StartOutcome]:
         async with sem:
             ended = cid in last  # refusal() let it through, so that run has ended
-            return cid, await start(
-                client, task_queue, v, cid, chain=chain, expect_closed=ended
-            )
+            out = await start(client, task_queue, v, cid, chain=chain, expect_closed=ended)
+        if progress:
+            progress(1)
+        return cid, out
 
     rows: list[dict[str, Any]] = []
     for cid, out in await asyncio.gather(*(one(cid) for cid in todo)):
