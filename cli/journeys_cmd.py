@@ -153,6 +153,19 @@ for _action in ("pause", "resume", "archive"):
     _status_command(_action)
 
 
+@app.command("sync-schedule")
+def sync_schedule(key: KeyArg) -> None:
+    """Make the Temporal schedule of KEY match the journey (after a Temporal outage)."""
+    from services import journeys as svc
+    from services.schedules import schedule_id, sync_schedule
+
+    async def go() -> str:
+        async with service_context() as ctx:
+            return await sync_schedule(ctx, await svc.get_journey(ctx, key))
+
+    out.print(f"schedule {schedule_id(key)}: {_run(go())}")
+
+
 @app.command()
 def enroll(
     key: KeyArg,

@@ -100,7 +100,19 @@ def build_schedule(
 
 
 async def sync_schedule(ctx: ServiceContext, journey: Journey) -> str:
-    """Make Temporal's schedule for the journey match it; says what was done."""
+    """Make Temporal's schedule for the journey match it; says what was done. The journey
+    is already saved: a Temporal failure says so, and the same call again retries."""
+    try:
+        return await _sync(ctx, journey)
+    except RPCError as exc:
+        raise Unavailable(
+            "the journey is saved but Temporal did not take its schedule; retry with "
+            "`journeys journeys sync-schedule KEY`",
+            {"key": journey.key, "schedule_id": schedule_id(journey.key)},
+        ) from exc
+
+
+async def _sync(ctx: ServiceContext, journey: Journey) -> str:
     version = None
     if journey.latest_version is not None:
         version = await ctx.session.get(JourneyVersion, (journey.key, journey.latest_version))

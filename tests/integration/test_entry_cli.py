@@ -84,6 +84,9 @@ async def test_cli_create_validate_publish_enroll_runs(
     assert code == 0
     assert sorted(json.loads(line)["contact_id"] for line in out.splitlines()) == sorted(ids)
 
+    code, out, _ = await journeys(settings, "journeys", "sync-schedule", key)
+    assert code == 0 and "none" in out  # not a scheduled journey
+
     code, out, _ = await journeys(settings, "journeys", "pause", key)
     assert code == 0 and f"{key} is paused" in out
     code, _, err = await journeys(settings, "journeys", "enroll", key, "--contacts", str(id_file))

@@ -156,3 +156,18 @@ def test_activity_resumes_from_its_last_heartbeat() -> None:
     assert totals.as_dict() == {
         "enrolled": 7, "skipped": 2, "skipped_by_reason": {"reentry_never": 2}
     }
+
+
+async def test_every_cron_form_the_dsl_accepts_makes_a_schedule(
+    api: httpx.AsyncClient, temporal: Client
+) -> None:
+    for i, cron in enumerate(
+        ["*/15 9-17 * jan-mar mon-fri", "0 0 1 * 7", "5 4 * * sun", "0 12 1,15 * *", "@weekly",
+         "@hourly", "0 9 * * 1-5"]
+    ):
+        key = await published(
+            api, definition(f"cf-{i}-{tag()}", {"type": "schedule", "cron": cron})
+        )
+        desc = await temporal.get_schedule_handle(schedule_id(key)).describe()
+        assert desc.info.next_action_times, cron
+        await api.post(f"/v1/journeys/{key}/archive")
