@@ -130,6 +130,16 @@ async def test_attribute_schedule_firing_uses_its_own_window(
         return [r["contact_id"] for r in await runs_of(api, key)]
 
     assert await eventually(enrolled, timeout=30) == [hit]
+    # The window came from the firing's own time, which Temporal hands the workflow.
+    from workflows.scheduled_entry import SCHEDULED_START_TIME
+
+    async def firings() -> list[str]:
+        query = f"WorkflowType = 'ScheduledEntry' AND JourneyKey = '{key}'"
+        return [wf.id async for wf in temporal.list_workflows(query)]
+
+    for wid in await eventually(firings):
+        attrs = (await temporal.get_workflow_handle(wid).describe()).typed_search_attributes
+        assert attrs.get(SCHEDULED_START_TIME) is not None
 
 
 async def test_audience_pages_through_every_contact(db: Database) -> None:
