@@ -10,6 +10,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.entry import EntryActivities
 from activities.runs import RunActivities
 from activities.segments import SegmentActivities
 from activities.sending import SendActivities
@@ -19,13 +20,14 @@ from core.config import Settings, get_settings
 from core.db import Database
 from core.temporal import connect
 from workflows.journey import JourneyWorkflow
+from workflows.scheduled_entry import ScheduledEntryWorkflow
 from workflows.segment_sweep import SegmentSweepWorkflow
 
 log = logging.getLogger("journeys.worker")
 
 
 def workflows() -> Sequence[type]:
-    return [JourneyWorkflow, SegmentSweepWorkflow]
+    return [JourneyWorkflow, SegmentSweepWorkflow, ScheduledEntryWorkflow]
 
 
 def activities(db: Database, settings: Settings) -> list[Any]:
@@ -35,7 +37,8 @@ def activities(db: Database, settings: Settings) -> list[Any]:
     runs = RunActivities(db, settings)
     sending = SendActivities(db, settings, transport)
     segments = SegmentActivities(db, settings)
-    return [runs.record_steps, sending.send_email, segments.sweep_segments]
+    entry = EntryActivities(db, settings)
+    return [runs.record_steps, sending.send_email, segments.sweep_segments, entry.enroll_audience]
 
 
 def build_worker(client: Client, db: Database, settings: Settings) -> Worker:

@@ -285,6 +285,12 @@ class Event(SQLModel, table=True):
     idempotency_key: str | None = Field(default=None, unique=True)
     occurred_at: datetime = _ts()
     received_at: datetime = _ts()
+    # Set once dispatch reached journeys and runs; a repeat of the idempotency_key gets
+    # dispatch_result back instead of reaching them twice.
+    dispatched_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    dispatch_result: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSONB, nullable=True)
+    )
 
 
 class Setting(SQLModel, table=True):

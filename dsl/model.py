@@ -507,10 +507,12 @@ class SegmentEntryTrigger(DslModel):
 
 class ScheduleTrigger(DslModel):
     """Either a cron (in timezone, default UTC) or a date attribute of each contact (such
-    as a birthday), optionally shifted by offset and sent at the contact's local time."""
+    as a birthday), optionally shifted by offset and sent at the contact's local time.
+    segment narrows the audience (default: every contact)."""
 
     type: Literal["schedule"] = "schedule"
     cron: CronStr | None = None
+    segment: RefKey | None = None
     timezone: TimeZoneStr | None = None
     attribute: Name | None = None
     offset: SignedDurationStr | None = None

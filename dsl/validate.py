@@ -33,6 +33,7 @@ from dsl.model import (
     JourneyCondition,
     JourneyDefinition,
     NotCondition,
+    ScheduleTrigger,
     SegmentCondition,
     SegmentEntryTrigger,
     SegmentExit,
@@ -199,6 +200,8 @@ def _semantic_issues(parts: _Parts, refs: KnownRefs) -> Iterator[Issue]:
 
 def _journey_level_refs(parts: _Parts, refs: KnownRefs) -> Iterator[Issue]:
     if isinstance(parts.trigger, SegmentEntryTrigger):
+        yield from _segment_ref(None, "trigger.segment", parts.trigger.segment, refs)
+    if isinstance(parts.trigger, ScheduleTrigger) and parts.trigger.segment is not None:
         yield from _segment_ref(None, "trigger.segment", parts.trigger.segment, refs)
     for i, rule in enumerate(parts.exit_when):
         if isinstance(rule, SegmentExit):

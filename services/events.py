@@ -6,29 +6,52 @@ reaches every journey it triggers and every run waiting for it or exiting on it.
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import select
+from sqlmodel import col, select
+from temporalio.service import RPCError
 
-from core.models import Event, new_id, utcnow
+from core.models import Contact, Event, new_id, utcnow
 from services.context import ServiceContext
-from services.contacts import resolve_contact_ref
+from services.entry_hooks import contacts_changed, event_changes
+from services.errors import Invalid, Unavailable
+
+log = logging.getLogger("journeys.events")
+
+MAX_BATCH = 1000
+# A stored event whose dispatch never finished (the process died) is dispatched again by a
+# repeat of its idempotency_key once this long has passed; sooner, the first is in flight.
+REDISPATCH_AFTER = timedelta(seconds=30)
 
 
 class ContactRef(BaseModel):
-    id: str | None = None
-    external_id: str | None = None
+    id: str | None = Field(default=None, min_length=1, max_length=100)
+    external_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ContactRef:
+        if (self.id is None) == (self.external_id is None):
+            raise ValueError("give exactly one of id and external_id")
+        return self
 
 
 class EventIn(BaseModel):
     contact: ContactRef
     event: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     properties: dict[str, Any] = Field(default_factory=dict)
-    idempotency_key: str | None = Field(default=None, max_length=200)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     occurred_at: datetime | None = None
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        # A time without an offset is read as UTC, never as the server's zone.
+        return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
 
 
 async def store_event(
@@ -54,7 +77,7 @@ async def store_event(
         insert(Event)
         .values(**ev.model_dump())
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(Event.id)  # type: ignore[arg-type]
+        .returning(col(Event.id))
     )
     inserted = res.first() is not None
     await ctx.session.commit()
@@ -73,29 +96,172 @@ async def store_event(
 
 
 async def dispatch(ctx: ServiceContext, event: Event) -> dict[str, Any]:
-    """Reach journeys and runs with a stored event (grown by the journey-entry work)."""
-    return {"started": 0, "signalled": 0}
+    """Reach every journey the stored event starts and every running run of its contact.
+    Without a Temporal connection (e.g. a CLI import) the event stays stored, undelivered."""
+    from services.dispatch import dispatch_events
+
+    if ctx.temporal is None:
+        log.warning("event %s (%s) stored undelivered: Temporal is not connected", event.id,
+                    event.name)
+        return {"dispatch": "pending", "started": 0, "signalled": 0, "journeys": []}
+    return (await dispatch_events(ctx, [event]))[0]
 
 
-async def ingest(ctx: ServiceContext, data: EventIn) -> dict[str, Any]:
-    contact = await resolve_contact_ref(ctx, data.contact.model_dump())
-    ev, new = await store_event(
-        ctx,
-        contact.id,
-        data.event,
-        data.properties,
-        idempotency_key=data.idempotency_key,
-        occurred_at=data.occurred_at,
-    )
-    out: dict[str, Any] = {"id": ev.id, "duplicate": not new}
-    if new:
-        out.update(await dispatch(ctx, ev))
+def parse_events(items: Sequence[Any], *, indexed: bool = True) -> list[EventIn]:
+    """Validate every item; any bad one -> Invalid listing each error's index and field."""
+    errors: list[dict[str, Any]] = []
+    parsed: list[EventIn] = []
+    for i, item in enumerate(items):
+        try:
+            parsed.append(EventIn.model_validate(item))
+        except ValidationError as exc:
+            for e in exc.errors():
+                err: dict[str, Any] = {"index": i} if indexed else {}
+                # Locations and reasons only: pydantic's "input" would echo values (PHI).
+                err.update(
+                    field=".".join(str(p) for p in e["loc"]) or "event",
+                    code=e["type"],
+                    message=e["msg"],
+                )
+                errors.append(err)
+    if errors:
+        raise Invalid(_invalid_message(indexed), {"errors": errors})
+    return parsed
+
+
+def _invalid_message(indexed: bool) -> str:
+    what = "events are" if indexed else "event is"
+    return f"{what} invalid; nothing was stored"
+
+
+async def _resolve_contacts(
+    ctx: ServiceContext, items: Sequence[EventIn], indexed: bool
+) -> list[str]:
+    """Each item's contact id; unknown or erased contacts -> Invalid naming the index."""
+    ids = {it.contact.id for it in items if it.contact.id}
+    externals = {it.contact.external_id for it in items if it.contact.external_id}
+    live = col(Contact.deleted_at).is_(None)
+    known_ids: set[str] = set()
+    by_external: dict[str, str] = {}
+    if ids:
+        known_ids = set(
+            (await ctx.session.exec(select(Contact.id).where(col(Contact.id).in_(ids), live))).all()
+        )
+    if externals:
+        rows = await ctx.session.exec(
+            select(Contact.external_id, Contact.id).where(
+                col(Contact.external_id).in_(externals), live
+            )
+        )
+        by_external = {ext: cid for ext, cid in rows.all() if ext is not None}
+    out: list[str] = []
+    errors: list[dict[str, Any]] = []
+    for i, it in enumerate(items):
+        cid = it.contact.id if it.contact.id in known_ids else None
+        field = "contact.id"
+        if it.contact.external_id is not None:
+            cid, field = by_external.get(it.contact.external_id), "contact.external_id"
+        if cid is None:
+            err: dict[str, Any] = {"index": i} if indexed else {}
+            err.update(field=field, code="unknown_contact", message="no such contact")
+            errors.append(err)
+        else:
+            out.append(cid)
+    if errors:
+        raise Invalid(_invalid_message(indexed), {"errors": errors})
     return out
+
+
+async def store_events(
+    ctx: ServiceContext, items: Sequence[EventIn], contact_ids: Sequence[str]
+) -> list[tuple[Event, bool]]:
+    """Store the items in one transaction; (event, is_new) per item, where a repeated
+    idempotency_key (earlier, or earlier in this batch) gives the first event."""
+    now = utcnow()
+    events = [
+        Event(
+            id=new_id("ev"),
+            contact_id=cid,
+            name=it.event,
+            properties=it.properties,
+            idempotency_key=it.idempotency_key,
+            occurred_at=it.occurred_at or now,
+            received_at=now,
+        )
+        for it, cid in zip(items, contact_ids, strict=True)
+    ]
+    columns = (
+        "id", "contact_id", "name", "properties", "idempotency_key", "occurred_at", "received_at"
+    )
+    res = await ctx.session.execute(
+        insert(Event)
+        .values([{c: getattr(ev, c) for c in columns} for ev in events])
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(col(Event.id))
+    )
+    inserted = set(res.scalars().all())
+    missing = {ev.idempotency_key for ev in events if ev.id not in inserted}
+    first: dict[str | None, Event] = {}
+    if missing:
+        rows = await ctx.session.exec(
+            select(Event).where(col(Event.idempotency_key).in_(missing))
+        )
+        first = {ev.idempotency_key: ev for ev in rows.all()}
+    await ctx.session.commit()
+    return [
+        (ev, True) if ev.id in inserted else (first[ev.idempotency_key], False) for ev in events
+    ]
+
+
+async def ingest_many(
+    ctx: ServiceContext, raw_items: Sequence[Any], *, indexed: bool = True
+) -> list[dict[str, Any]]:
+    """Validate all, store all (one transaction), then dispatch the new ones. A repeated
+    idempotency_key gets the first event's response and reaches nothing again."""
+    if len(raw_items) > MAX_BATCH:
+        raise Invalid(
+            f"a batch holds at most {MAX_BATCH} events",
+            {"errors": [{"field": "events", "code": "too_long", "message": "too many events"}]},
+        )
+    items = parse_events(raw_items, indexed=indexed)
+    ctx.require_temporal()  # before anything is stored
+    contact_ids = await _resolve_contacts(ctx, items, indexed)
+    stored = await store_events(ctx, items, contact_ids)
+    await contacts_changed(
+        ctx, event_changes((ev.contact_id, ev.name) for ev, new in stored if new)
+    )
+    due = utcnow() - REDISPATCH_AFTER
+    todo: dict[str, Event] = {}
+    for ev, new in stored:
+        if new or (ev.dispatched_at is None and ev.received_at < due):
+            todo.setdefault(ev.id, ev)
+    from services.dispatch import dispatch_events
+
+    try:
+        delivered = await dispatch_events(ctx, list(todo.values()))
+    except RPCError as exc:
+        raise Unavailable(
+            "events were stored but Temporal did not take them; repeat the call with the "
+            "same idempotency keys to deliver them",
+            {"stored": list(todo)},
+        ) from exc
+    outcomes = dict(zip(todo, delivered, strict=True))
+    results: list[dict[str, Any]] = []
+    for ev, new in stored:
+        outcome = outcomes.get(ev.id) or ev.dispatch_result or {"dispatch": "pending"}
+        results.append({"id": ev.id, "duplicate": not new, **outcome})
+    return results
+
+
+async def ingest(ctx: ServiceContext, data: EventIn | dict[str, Any]) -> dict[str, Any]:
+    raw = data.model_dump(mode="json", exclude_none=True) if isinstance(data, EventIn) else data
+    return (await ingest_many(ctx, [raw], indexed=False))[0]
 
 
 async def emit_internal(
     ctx: ServiceContext, contact_id: str, name: str, properties: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Product-made events (segment_entry, segment_exit, bounce, complaint, unsubscribe)."""
+    """Product-made events (segment_entry, segment_exit, bounce, complaint, unsubscribe).
+    Without a Temporal connection (e.g. a CLI import) the event is stored undelivered."""
     ev, _ = await store_event(ctx, contact_id, name, properties)
     return await dispatch(ctx, ev)

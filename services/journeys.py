@@ -117,6 +117,9 @@ async def publish_journey(ctx: ServiceContext, key: str) -> JourneyVersion:
     errors = await validate_definition(ctx, j.draft)
     if errors:
         raise Invalid("journey cannot be published: the draft is invalid", {"errors": errors})
+    from services.schedules import require_temporal_for, sync_schedule
+
+    require_temporal_for(ctx, j.draft)
     version = (j.latest_version or 0) + 1
     v = JourneyVersion(journey_key=key, version=version, definition=j.draft)
     j.latest_version = version
@@ -126,6 +129,7 @@ async def publish_journey(ctx: ServiceContext, key: str) -> JourneyVersion:
     ctx.session.add(v)
     ctx.session.add(j)
     await ctx.session.commit()
+    await sync_schedule(ctx, j)  # a schedule trigger gets (or loses) its Temporal schedule
     return v
 
 
@@ -143,6 +147,9 @@ async def set_status(ctx: ServiceContext, key: str, action: str) -> Journey:
     j.updated_at = utcnow()
     ctx.session.add(j)
     await ctx.session.commit()
+    from services.schedules import sync_schedule
+
+    await sync_schedule(ctx, j)  # pause/resume/delete the journey's schedule, if any
     return j
 
 
