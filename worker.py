@@ -10,6 +10,9 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.chaining import ChainingActivities
+from activities.contact_updates import ContactUpdateActivities
+from activities.lookups import LookupActivities
 from activities.runs import RunActivities
 from activities.sending import SendActivities
 from activities.smtp import SmtpTransport, parse_smtp_url
@@ -31,7 +34,20 @@ def activities(db: Database, settings: Settings) -> list[Any]:
     transport = SmtpTransport(parse_smtp_url(settings.smtp_url, settings.smtp_allow_plaintext))
     runs = RunActivities(db)
     sending = SendActivities(db, settings, transport)
-    return [runs.record_steps, sending.send_email]
+    lookups = LookupActivities(db)
+    updates = ContactUpdateActivities(db, settings)
+    chaining = ChainingActivities(db, settings)
+    return [
+        runs.record_steps,
+        sending.send_email,
+        lookups.wait_context,
+        lookups.judge,
+        lookups.find_event,
+        lookups.engagement_seen,
+        lookups.send_cap,
+        updates.update_contact,
+        chaining.start_journey,
+    ]
 
 
 def build_worker(client: Client, db: Database, settings: Settings) -> Worker:

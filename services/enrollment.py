@@ -57,6 +57,7 @@ async def start_run(
     *,
     chain: list[str] | None = None,
     trigger_event_id: str | None = None,
+    continue_as_new_after: int | None = None,
 ) -> str | None:
     """Starts the run; returns its run id, or None when one is already running."""
     try:
@@ -69,6 +70,7 @@ async def start_run(
                 definition=v.definition,
                 chain=chain or [],
                 trigger_event_id=trigger_event_id,
+                continue_as_new_after=continue_as_new_after,
             ),
             id=workflow_id(v.journey_key, contact_id),
             task_queue=task_queue,
@@ -117,7 +119,8 @@ async def enroll(
                 return
             async with sem:
                 run_id = await start_run(
-                    client, ctx.settings.temporal_task_queue, v, cid
+                    client, ctx.settings.temporal_task_queue, v, cid,
+                    continue_as_new_after=ctx.settings.continue_as_new_after_events,
                 )
             if run_id is None:
                 result.skip("already_running")
