@@ -114,14 +114,16 @@ async def run_of(api: httpx.AsyncClient, key: str, contact_id: str) -> dict[str,
 async def finished(
     api: httpx.AsyncClient, key: str, contact_id: str, timeout: float = 20
 ) -> dict[str, Any]:
-    """The run once it has ended (completed or exited) and its row says so."""
+    """The run once it has ended and its database row (with the whole trail) says so; the
+    live query may report the end a moment before the final records are written."""
 
     async def probe() -> dict[str, Any] | None:
         r = await api.get(f"/v1/journeys/{key}/runs/{contact_id}")
         if r.status_code != 200:
             return None
         body: dict[str, Any] = r.json()
-        return body if body["status"] in ("completed", "exited") else None
+        ended = body["status"] in ("completed", "exited") and body["ended_at"] is not None
+        return body if ended else None
 
     return await eventually(probe, timeout=timeout)
 

@@ -163,8 +163,11 @@ async def test_wait_duration_is_a_durable_timer(
     assert state["step"] == "pause" and state["waiting_for"]["until"]
     until = datetime.fromisoformat(state["waiting_for"]["until"])
     # The run row mirrors what the run waits for.
-    row = await run_row(db, key, cid)
-    assert row.waiting_for is not None and row.waiting_for["kind"] == "timer"
+    async def row_waits() -> bool:
+        row = await run_row(db, key, cid)
+        return row.waiting_for is not None and row.waiting_for["kind"] == "timer"
+
+    await eventually(row_waits, timeout=2)
     run = await finished(api, key, cid)
     logs = await step_log(db, run["run_id"])
     went_in = next(r.at for r in logs if r.step == "pause" and r.action == "entered")
