@@ -477,3 +477,37 @@ async def test_journeys_that_start_each_other_end_with_loop_guard(
             Run.journey_key == a["key"], Run.contact_id == cid))).all()
     assert sorted(runs) == ["completed", "exited"]
 
+
+
+# --- a step that cannot succeed -----------------------------------------------------------
+
+
+async def test_a_definition_bug_ends_the_run_as_error_and_fails_the_workflow(
+    api: httpx.AsyncClient, db: Database, temporal: Client
+) -> None:
+    from temporalio.client import WorkflowFailureError
+
+    from core.models import Template
+
+    cid = await make_contact(api, db)
+    tpl = await make_template(api)
+    d = journey(
+        {"mail": {"type": "send_email", "template": tpl, "next": "done"},
+         "done": {"type": "exit"}},
+        "mail",
+    )
+    key = await publish(api, d)
+    async with db.session() as s:  # removed behind the journey's back
+        t = await s.get(Template, tpl)
+        await s.delete(t)
+        await s.commit()
+    r = await api.post(f"/v1/journeys/{key}/enrollments", json={"contact_ids": [cid]})
+    assert r.json()["enrolled"] == 1
+    run = await finished(api, key, cid)
+    assert run["status"] == "exited" and run["exit_reason"] == "error"
+    assert run["history"][-1]["step"] == "mail"
+    try:
+        await temporal.get_workflow_handle(workflow_id(key, cid)).result()
+        raise AssertionError("the workflow should have failed")
+    except WorkflowFailureError as err:
+        assert "step mail failed" in str(err.cause)
