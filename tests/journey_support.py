@@ -4,8 +4,9 @@ deliver events and engagements to runs, and read what runs recorded."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import httpx
 from sqlmodel import col, select
@@ -18,6 +19,12 @@ from workflows.journey import workflow_id
 from workflows.types import EngagementSignal, EventSignal
 
 CATEGORY = "care_reminders"
+T = TypeVar("T")
+
+
+async def until(probe: Callable[[], Awaitable[T | None]], timeout: float = 20) -> T:  # noqa: ASYNC109
+    """eventually() for probes that return None until the thing exists."""
+    return cast(T, await eventually(probe, timeout=timeout))
 
 
 def tag() -> str:
@@ -112,7 +119,7 @@ async def run_of(api: httpx.AsyncClient, key: str, contact_id: str) -> dict[str,
 
 
 async def finished(
-    api: httpx.AsyncClient, key: str, contact_id: str, timeout: float = 20
+    api: httpx.AsyncClient, key: str, contact_id: str, timeout: float = 20  # noqa: ASYNC109
 ) -> dict[str, Any]:
     """The run once it has ended and its database row (with the whole trail) says so; the
     live query may report the end a moment before the final records are written."""
@@ -125,7 +132,7 @@ async def finished(
         ended = body["status"] in ("completed", "exited") and body["ended_at"] is not None
         return body if ended else None
 
-    return await eventually(probe, timeout=timeout)
+    return await until(probe, timeout=timeout)
 
 
 async def waiting(
@@ -144,7 +151,7 @@ async def waiting(
             return state
         return None
 
-    return await eventually(probe, timeout=20)
+    return await until(probe)
 
 
 def entered(run: dict[str, Any]) -> list[str]:
@@ -218,8 +225,5 @@ async def run_row(db: Database, key: str, contact_id: str) -> Run:
 
 async def step_log(db: Database, run_id: str) -> list[StepLog]:
     async with db.session() as s:
-        return list(
-            (
-                await s.exec(select(StepLog).where(StepLog.run_id == run_id).order_by(col(StepLog.seq)))
-            ).all()
-        )
+        q = select(StepLog).where(StepLog.run_id == run_id).order_by(col(StepLog.seq))
+        return list((await s.exec(q)).all())

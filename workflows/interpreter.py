@@ -7,6 +7,7 @@ activity. The step types themselves are in workflows/steps.py.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -52,6 +53,7 @@ DB_TIMEOUT = timedelta(seconds=30)
 SEEN_EVENTS_KEPT = 200  # ids of recent events, to drop a re-delivered signal
 ENGAGEMENTS_KEPT = 200
 FLUSH_AFTER_RECORDS = 200  # a long run of non-blocking steps still writes its trail
+REASON_CODE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 class RunEnded(Exception):
@@ -110,8 +112,12 @@ class Interpreter:
             self.conditions_stale = True
 
     def request_exit(self, reason: str | None) -> None:
+        # Operators can type anything in the Temporal UI; only a reason code is kept (it is
+        # stored and reported), never free text that could carry PHI.
+        if not isinstance(reason, str) or not REASON_CODE.fullmatch(reason):
+            reason = "operator"
         if self.state.exit_requested is None:
-            self.state.exit_requested = reason or "operator"
+            self.state.exit_requested = reason
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -38,7 +39,6 @@ from devstack.smtp_sink import SinkHandler, SmtpSink, db_store
 from devstack.temporal import TemporalDevServer
 from services.apikeys import create_key
 from services.enrollment import start_run
-from tests.helpers import eventually
 from tests.journey_support import (
     deliver_event,
     finished,
@@ -48,6 +48,7 @@ from tests.journey_support import (
     make_template,
     publish,
     start,
+    until,
     waiting,
 )
 from workflows.journey import workflow_id
@@ -113,7 +114,7 @@ async def engagement_update_branch_split(st: Stack) -> list[tuple[str, str]]:
         async with st.db.session() as s:
             return (await s.exec(select(Send.id).where(Send.run_id == state["run_id"]))).first()
 
-    sid = await eventually(send_id)
+    sid = await until(send_id)
     await human_engagement(st.db, st.temporal, key, cid, sid, "mail", "click", "book")
     await finished(st.api, key, cid)
     return [(key, cid)]
@@ -228,7 +229,7 @@ async def record(names: list[str]) -> None:
     from worker import build_worker
 
     workdir = Path(tempfile.mkdtemp(prefix="journeys-record-"))
-    workdir.chmod(0o755)
+    os.chmod(workdir, 0o755)  # the PostgreSQL server user must traverse it
     pg = EmbeddedPostgres(workdir / "pg", free_port(), fast_unsafe=True)
     server = TemporalDevServer(port=free_port(), ui_port=None, db_file=None)
     sink_port = free_port()
@@ -279,5 +280,6 @@ if __name__ == "__main__":
     chosen = sys.argv[1:] or list(SCENARIOS)
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
-        sys.exit(f"unknown scenario(s): {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS)}")
+        known = ", ".join(SCENARIOS)
+        sys.exit(f"unknown scenario(s): {', '.join(sorted(unknown))}; known: {known}")
     asyncio.run(record(chosen))

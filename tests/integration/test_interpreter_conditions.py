@@ -13,7 +13,6 @@ from temporalio.client import Client
 
 from core.db import Database
 from core.models import Event, Segment, SegmentMembership, Send, new_id
-from tests.helpers import eventually
 from tests.journey_support import (
     finished,
     human_engagement,
@@ -22,6 +21,7 @@ from tests.journey_support import (
     make_template,
     start,
     tag,
+    until,
     waiting,
 )
 
@@ -129,7 +129,7 @@ async def test_engaged_condition_counts_only_human_engagement_of_this_run(
             async with db.session() as s:
                 return (await s.exec(select(Send.id).where(Send.run_id == run_id))).first()
 
-        sid = await eventually(send_id)
+        sid = await until(send_id)
         await human_engagement(db, None, key, cid, sid, "mail", "click", "x", verdict)
     assert (await finished(api, key, human))["exit_reason"] == "matched"
     assert (await finished(api, key, machine))["exit_reason"] == "unmatched"

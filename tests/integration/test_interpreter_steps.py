@@ -35,6 +35,7 @@ from tests.journey_support import (
     start,
     step_log,
     tag,
+    until,
     waiting,
 )
 from workflows.journey import workflow_id
@@ -55,7 +56,7 @@ async def _send_of(db: Database, run_id: str, step: str) -> Send:
                 await s.exec(select(Send).where(Send.run_id == run_id, Send.step == step))
             ).first()
 
-    return await eventually(probe)
+    return await until(probe)
 
 
 # --- send_email ---------------------------------------------------------------------------
@@ -469,7 +470,7 @@ async def test_journeys_that_start_each_other_end_with_loop_guard(
         runs = [x for x in r.json()["runs"] if x["contact_id"] == cid]
         return runs[0] if runs else None
 
-    looped = await eventually(second_a_run, timeout=20)
+    looped = await until(second_a_run)
     assert looped["exit_reason"] == "loop_guard"
     assert (await finished(api, b["key"], cid))["status"] == "completed"
     async with db.session() as s:

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from temporalio.exceptions import ApplicationError
 
 from activities.contact_updates import changed_fields
 from activities.lookups import normalised_date, parse_conditions
 from dsl.model import WaitForEngagementStep, WaitStep
-from temporalio.exceptions import ApplicationError
 from workflows.definitions import condition_json, parse_definition, where_json
 from workflows.steps import engagement_matches, needs_contact_clock
 from workflows.types import EngagementSignal
