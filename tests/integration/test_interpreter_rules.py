@@ -19,6 +19,7 @@ from tests.journey_support import (
     start,
     waiting,
 )
+from workflows.journey import workflow_id
 
 LONG_WAIT = {"type": "wait", "duration": "PT5M", "next": "done"}
 
@@ -131,6 +132,19 @@ async def test_operator_exit_through_the_api(
     assert r.status_code == 200, r.text
     run = await finished(api, key, second)
     assert run["status"] == "exited" and run["exit_reason"] == "moved_away"
+
+
+async def test_free_text_exit_reasons_from_the_temporal_ui_are_not_kept(
+    api: httpx.AsyncClient, db: Database, temporal: Client
+) -> None:
+    cid = await make_contact(api, db)
+    key = await start(api, _waiting_journey(), cid)
+    await waiting(temporal, key, cid, "timer")
+    # Operators may type anything in the UI; text could carry PHI, so only codes are kept.
+    await temporal.get_workflow_handle(workflow_id(key, cid)).signal(
+        "exit", "Pat Smith called, DOB 1960-01-01"
+    )
+    assert (await finished(api, key, cid))["exit_reason"] == "operator"
 
 
 async def test_search_attributes_and_state_query_follow_the_run(
