@@ -9,6 +9,7 @@ import httpx
 from sqlmodel import col, select
 from temporalio.client import Client
 
+from core.config import Settings
 from core.db import Database
 from core.models import (
     AuditLog,
@@ -512,3 +513,23 @@ async def test_a_definition_bug_ends_the_run_as_error_and_fails_the_workflow(
         raise AssertionError("the workflow should have failed")
     except WorkflowFailureError as err:
         assert "step mail failed" in str(err.cause)
+
+
+async def test_a_malformed_definition_fails_the_workflow_at_once(
+    temporal: Client, settings: Settings, worker: object
+) -> None:
+    from temporalio.client import WorkflowFailureError
+
+    from workflows.journey import WORKFLOW_NAME
+    from workflows.types import JourneyInput
+
+    try:
+        await temporal.execute_workflow(
+            WORKFLOW_NAME,
+            JourneyInput(f"bad-{tag()}", 1, "c_none", {"key": "bad", "steps": {}}),
+            id=f"journey/bad-{tag()}/c_none",
+            task_queue=settings.temporal_task_queue,
+        )
+        raise AssertionError("the workflow should have failed")
+    except WorkflowFailureError as err:
+        assert "DefinitionError" in str(err.cause)
