@@ -84,7 +84,6 @@ class Interpreter:
         self.waiting_for: dict[str, Any] | None = None
         self.event_wait: EventWait | None = None
         self.dirty = True  # the run row needs writing at the next blocking point
-        self.goal_dirty = False
         self.conditions_stale = False  # engagement arrived: re-check condition rules
         self.threshold = inp.continue_as_new_after or DEFAULT_CONTINUE_AS_NEW_AFTER
         # Runs started with our search attributes keep them current; a run started without
@@ -215,7 +214,6 @@ class Interpreter:
         """Wait until done() (True) or until the deadline (False), handling events as they
         arrive. Raises RunEnded when the run must end where it is. A blocking point: the
         buffered records are written first, and the run may continue as new here."""
-        await self.flush()
         timed_out = False
         while True:
             await self.drain()
@@ -225,7 +223,9 @@ class Interpreter:
                 return False
             if self.history_too_long():
                 await self.continue_as_new()
-            await self.flush()  # records made while handling events (a goal, say)
+            if self.dirty or self.pending:
+                await self.flush()
+                continue  # time passed and signals may have come: check again
             timeout = None if until is None else until - workflow.now()
             try:
                 await workflow.wait_condition(
