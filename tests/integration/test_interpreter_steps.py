@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 from sqlmodel import col, select
 from temporalio.client import Client
 
@@ -533,3 +534,51 @@ async def test_a_malformed_definition_fails_the_workflow_at_once(
         raise AssertionError("the workflow should have failed")
     except WorkflowFailureError as err:
         assert "DefinitionError" in str(err.cause)
+
+
+async def test_update_contact_uses_the_segments_service_when_there_is_one(
+    api: httpx.AsyncClient, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seam to the segments work: its add/remove helpers and change hook are used."""
+    import services.segments as segment_service
+    from services.context import ServiceContext
+
+    static, rule = f"seg-{tag()}", f"seg-{tag()}"
+    async with db.session() as s:
+        s.add(Segment(key=static))
+        s.add(Segment(key=rule, kind="rule", rule={"attr": "stage", "op": "exists"}))
+        await s.commit()
+    calls: list[tuple[str, str, list[str], object]] = []
+
+    async def add_members(ctx: ServiceContext, key: str, ids: list[str]) -> dict[str, int]:
+        calls.append(("add", key, list(ids), ctx.actor.id))
+        return {"added": 1}
+
+    async def remove_members(ctx: ServiceContext, key: str, ids: list[str]) -> dict[str, int]:
+        calls.append(("remove", key, list(ids), ctx.actor.id))
+        return {"removed": 0}
+
+    async def on_contact_changed(
+        ctx: ServiceContext, contact_id: str, *, kinds: set[str] | None = None
+    ) -> None:
+        calls.append(("hook", contact_id, sorted(kinds or ()), ctx.actor.id))
+
+    monkeypatch.setattr(segment_service, "add_members", add_members, raising=False)
+    monkeypatch.setattr(segment_service, "remove_members", remove_members, raising=False)
+    monkeypatch.setattr(segment_service, "on_contact_changed", on_contact_changed, raising=False)
+    cid = await make_contact(api, db)
+    d = journey(
+        {
+            "tag": {"type": "update_contact", "set": {"stage": "x"},
+                    "add_segments": [static, rule], "next": "done"},
+            "done": {"type": "exit"},
+        },
+        "tag",
+    )
+    key = await start(api, d, cid)
+    assert (await finished(api, key, cid))["status"] == "completed"
+    actor = f"journey:{key}"
+    assert calls == [
+        ("add", static, [cid], actor),  # the rule segment is left to its rule
+        ("hook", cid, ["attr:stage", f"segment:{rule}", f"segment:{static}"], actor),
+    ]
