@@ -3,14 +3,12 @@ carrying the chain of journeys it came through (the cross-journey loop guard).""
 
 from __future__ import annotations
 
-from sqlalchemy.dialects.postgresql import insert
 from temporalio import activity
 
 from core.config import Settings
 from core.db import Database
-from core.models import Contact, Journey, JourneyVersion, Run
+from core.models import Contact, Journey, JourneyVersion
 from services.enrollment import start_run
-from workflows.journey import workflow_id
 from workflows.types import StartJourneyInput, StartJourneyResult
 
 
@@ -42,19 +40,6 @@ class ChainingActivities:
             )
             if run_id is None:
                 return StartJourneyResult("already_running")
-            # The run row exists from the start, as with API enrolment.
-            await s.exec(  # type: ignore[call-overload]
-                insert(Run)
-                .values(
-                    id=run_id,
-                    journey_key=inp.journey_key,
-                    version=version.version,
-                    contact_id=inp.contact_id,
-                    workflow_id=workflow_id(inp.journey_key, inp.contact_id),
-                    status="running",
-                    visits={},
-                )
-                .on_conflict_do_nothing(index_elements=["id"])
-            )
-            await s.commit()
+        # The run writes its own row at its first blocking point (record_steps), which is
+        # also where run-start hooks (reports, journey segments) see it begin.
         return StartJourneyResult("started", run_id)
