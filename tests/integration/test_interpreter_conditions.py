@@ -66,10 +66,17 @@ async def test_attr_condition(
     api: httpx.AsyncClient, db: Database, op: str, value: Any,
     matching: dict[str, Any], other: dict[str, Any],
 ) -> None:
-    condition: dict[str, Any] = {"attr": "tier", "op": op}
+    # One attribute per op: an account's attribute schema may fix each name's type.
+    name = f"tier_{op}"
+    condition: dict[str, Any] = {"attr": name, "op": op}
     if value is not None:
         condition["value"] = value
-    assert await _outcomes(api, db, condition, matching, other) == ["matched", "unmatched"]
+
+    def rename(attrs: dict[str, Any]) -> dict[str, Any]:
+        return {name if k == "tier" else k: v for k, v in attrs.items()}
+
+    outcomes = await _outcomes(api, db, condition, rename(matching), rename(other))
+    assert outcomes == ["matched", "unmatched"]
 
 
 async def test_segment_condition(api: httpx.AsyncClient, db: Database) -> None:
@@ -136,20 +143,22 @@ async def test_engaged_condition_counts_only_human_engagement_of_this_run(
 
 
 async def test_all_any_not(api: httpx.AsyncClient, db: Database) -> None:
+    t = tag()
+    age, zip_, out = f"age_{t}", f"zip_{t}", f"opted_out_{t}"
     condition = {
         "all": [
-            {"attr": "age", "op": "gte", "value": 50},
-            {"any": [{"attr": "zip", "op": "eq", "value": "02139"},
-                     {"attr": "zip", "op": "eq", "value": "02140"}]},
-            {"not": {"attr": "opted_out", "op": "eq", "value": True}},
+            {"attr": age, "op": "gte", "value": 50},
+            {"any": [{"attr": zip_, "op": "eq", "value": "02139"},
+                     {"attr": zip_, "op": "eq", "value": "02140"}]},
+            {"not": {"attr": out, "op": "eq", "value": True}},
         ]
     }
     outcomes = await _outcomes(
         api, db, condition,
-        {"age": 61, "zip": "02140"},
-        {"age": 61, "zip": "02140", "opted_out": True},
-        {"age": 61, "zip": "10001"},
-        {"age": 40, "zip": "02139"},
+        {age: 61, zip_: "02140"},
+        {age: 61, zip_: "02140", out: True},
+        {age: 61, zip_: "10001"},
+        {age: 40, zip_: "02139"},
     )
     assert outcomes == ["matched", "unmatched", "unmatched", "unmatched"]
 

@@ -343,7 +343,9 @@ async def test_update_contact_sets_attributes_and_segments_in_one_go(
     api: httpx.AsyncClient, db: Database
 ) -> None:
     joined, left = f"seg-{tag()}", f"seg-{tag()}"
-    cid = await make_contact(api, db, attributes={"old": 1, "keep": "yes"})
+    t = tag()  # own attribute names: an account's schema may fix each name's type
+    old, keep, stage, score = (f"{n}_{t}" for n in ("old", "keep", "stage", "score"))
+    cid = await make_contact(api, db, attributes={old: 1, keep: "yes"})
     async with db.session() as s:
         s.add(Segment(key=joined))
         s.add(Segment(key=left))
@@ -352,8 +354,8 @@ async def test_update_contact_sets_attributes_and_segments_in_one_go(
         await s.commit()
     d = journey(
         {
-            "tag": {"type": "update_contact", "set": {"stage": "engaged", "score": 3},
-                    "unset": ["old"], "add_segments": [joined], "remove_segments": [left],
+            "tag": {"type": "update_contact", "set": {stage: "engaged", score: 3},
+                    "unset": [old], "add_segments": [joined], "remove_segments": [left],
                     "next": "done"},
             "done": {"type": "exit"},
         },
@@ -365,7 +367,7 @@ async def test_update_contact_sets_attributes_and_segments_in_one_go(
     async with db.session() as s:
         contact = await s.get(Contact, cid)
         assert contact is not None
-        assert contact.attributes == {"keep": "yes", "stage": "engaged", "score": 3}
+        assert contact.attributes == {keep: "yes", stage: "engaged", score: 3}
         segs = set((await s.exec(select(SegmentMembership.segment_key).where(
             SegmentMembership.contact_id == cid))).all())
         assert segs == {joined}
@@ -376,7 +378,7 @@ async def test_update_contact_sets_attributes_and_segments_in_one_go(
         audit = (await s.exec(select(AuditLog).where(
             AuditLog.resource == f"contact/{cid}", AuditLog.actor == f"journey:{key}"))).all()
         assert len(audit) == 1
-        assert audit[0].fields == ["old", "score", "stage", "segments"]
+        assert audit[0].fields == [old, score, stage, "segments"]
 
 
 # --- goto and the visited-step guard ------------------------------------------------------
