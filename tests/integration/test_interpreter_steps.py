@@ -582,5 +582,5 @@ async def test_update_contact_uses_the_segments_service_when_there_is_one(
     actor = f"journey:{key}"
     assert calls == [
         ("add", static, [cid], actor),  # the rule segment is left to its rule
-        ("hook", cid, ["attr:stage", f"segment:{rule}", f"segment:{static}"], actor),
+        ("hook", cid, sorted(["attr:stage", f"segment:{rule}", f"segment:{static}"]), actor),
     ]
