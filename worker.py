@@ -10,7 +10,10 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.chaining import ChainingActivities
+from activities.contact_updates import ContactUpdateActivities
 from activities.entry import EntryActivities
+from activities.lookups import LookupActivities
 from activities.runs import RunActivities
 from activities.segments import SegmentActivities
 from activities.sending import SendActivities
@@ -38,7 +41,22 @@ def activities(db: Database, settings: Settings) -> list[Any]:
     sending = SendActivities(db, settings, transport)
     segments = SegmentActivities(db, settings)
     entry = EntryActivities(db, settings)
-    return [runs.record_steps, sending.send_email, segments.sweep_segments, entry.enroll_audience]
+    lookups = LookupActivities(db)
+    updates = ContactUpdateActivities(db, settings)
+    chaining = ChainingActivities(db, settings)
+    return [
+        runs.record_steps,
+        sending.send_email,
+        segments.sweep_segments,
+        entry.enroll_audience,
+        lookups.wait_context,
+        lookups.judge,
+        lookups.find_event,
+        lookups.engagement_seen,
+        lookups.send_cap,
+        updates.update_contact,
+        chaining.start_journey,
+    ]
 
 
 def build_worker(client: Client, db: Database, settings: Settings) -> Worker:

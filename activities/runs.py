@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
 from temporalio import activity
@@ -47,9 +48,14 @@ class RunActivities:
                 waiting_for=inp.waiting_for,
                 visits=inp.visits,
                 ended_at=utcnow() if ended else None,
+                goal_reached_at=inp.goal_reached_at,
             )
             stmt = insert(Run).values(**values)
             update = {k: v for k, v in values.items() if k not in ("id", "started_at")}
+            # A conversion is recorded once; a later write never clears or moves it.
+            update["goal_reached_at"] = func.coalesce(
+                Run.goal_reached_at, stmt.excluded.goal_reached_at
+            )
             await s.exec(stmt.on_conflict_do_update(index_elements=["id"], set_=update))  # type: ignore[call-overload]
             if inp.records:
                 rows = [

@@ -91,6 +91,7 @@ def journey_input(
     *,
     chain: list[str] | None = None,
     trigger_event_id: str | None = None,
+    continue_as_new_after: int | None = None,
 ) -> JourneyInput:
     return JourneyInput(
         journey_key=v.journey_key,
@@ -99,6 +100,7 @@ def journey_input(
         definition=v.definition,
         chain=chain or [],
         trigger_event_id=trigger_event_id,
+        continue_as_new_after=continue_as_new_after,
     )
 
 
@@ -123,6 +125,7 @@ async def start(
     trigger_event: EventSignal | None = None,
     trigger_event_id: str | None = None,
     expect_closed: bool = False,
+    continue_as_new_after: int | None = None,
 ) -> StartOutcome:
     """Starts a run of version v. With trigger_event this is signal-with-start: a run that is
     already running gets the event as signal `event` instead.
@@ -132,7 +135,13 @@ async def start(
     to close and start the new run then, rather than reporting it as running."""
     if trigger_event is not None:
         trigger_event_id = trigger_event.event_id
-    inp = journey_input(v, contact_id, chain=chain, trigger_event_id=trigger_event_id)
+    inp = journey_input(
+        v,
+        contact_id,
+        chain=chain,
+        trigger_event_id=trigger_event_id,
+        continue_as_new_after=continue_as_new_after,
+    )
     out = await _start_once(client, task_queue, v, contact_id, inp, trigger_event)
     if expect_closed and out.run_id is None and out.reason == reentry.ALREADY_RUNNING:
         if await _closed(client, workflow_id(v.journey_key, contact_id)):
@@ -196,11 +205,18 @@ async def start_run(
     *,
     chain: list[str] | None = None,
     trigger_event_id: str | None = None,
+    continue_as_new_after: int | None = None,
 ) -> str | None:
     """Starts the run; returns its run id, or None when one is running (or, for reentry
     `never`, has run). Kept for callers that only need the run id (start_journey)."""
     out = await start(
-        client, task_queue, v, contact_id, chain=chain, trigger_event_id=trigger_event_id
+        client,
+        task_queue,
+        v,
+        contact_id,
+        chain=chain,
+        trigger_event_id=trigger_event_id,
+        continue_as_new_after=continue_as_new_after,
     )
     return out.run_id
 

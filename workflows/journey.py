@@ -1,49 +1,27 @@
 """The journey interpreter: one workflow per (journey, contact).
 
 A pure function of the journey definition and the signals it receives. Every side
-effect (sending, writing the contact store, recording steps) is an activity; every
-wait is a durable timer.
+effect (sending, writing the contact store, recording steps) is an activity; every wait
+is a durable timer. Operators see search attributes JourneyStep/JourneyStatus, query
+`state`, and may signal `event`, `engagement` and `exit` (SPEC section 8).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import search_attributes as sa
-    from workflows.types import (
-        JourneyInput,
-        RecordInput,
-        RunState,
-        SendInput,
-        SendResult,
-        StepRecord,
-    )
+    from pydantic import ValidationError
+
+    from workflows.definitions import parse_definition
+    from workflows.interpreter import RunEnded
+    from workflows.steps import StepRunner
+    from workflows.types import EngagementSignal, EventSignal, JourneyInput
 
 WORKFLOW_NAME = "JourneyRun"
-
-ACTIVITY_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=5),
-)
-
-
-def _duration_seconds(iso: str) -> float:
-    """Minimal ISO 8601 duration (PnDTnHnMnS) until the dsl package lands."""
-    import re
-
-    m = re.fullmatch(
-        r"P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?", iso
-    )
-    if not m:
-        raise ValueError(f"bad duration {iso!r}")
-    w, d, h, mi, s = (float(x) if x else 0.0 for x in m.groups())
-    return (((w * 7 + d) * 24 + h) * 60 + mi) * 60 + s
 
 
 def workflow_id(journey_key: str, contact_id: str) -> str:
@@ -51,141 +29,93 @@ def workflow_id(journey_key: str, contact_id: str) -> str:
 
 
 @workflow.defn(name=WORKFLOW_NAME)
-class JourneyWorkflow:
-    def __init__(self) -> None:
-        self.inp: JourneyInput | None = None
-        self.state = RunState(step=None)
-        self.pending: list[StepRecord] = []
-        self.waiting_for: dict[str, Any] | None = None
-        self.exit_requested: str | None = None
+class JourneyWorkflow(StepRunner):
+    @workflow.init
+    def __init__(self, inp: JourneyInput) -> None:
+        try:
+            defn = parse_definition(inp.journey_key, inp.version, inp.definition)
+        except ValidationError:
+            # Published versions are validated; this is a hand-made or corrupted input.
+            raise ApplicationError(
+                "journey definition does not parse", {"journey": inp.journey_key},
+                type="DefinitionError", non_retryable=True,
+            ) from None
+        self._setup(inp, defn)
+        self.last_step: str | None = None
 
-    # --- operator surface -------------------------------------------------
+    # --- operator surface -------------------------------------------------------------
     @workflow.query(name="state")
     def query_state(self) -> dict[str, Any]:
-        return {
-            "status": self.state.status,
-            "step": self.state.step,
-            "visits": dict(self.state.visits),
-            "exit_reason": self.state.exit_reason,
-            "waiting_for": self.waiting_for,
-        }
+        return self.snapshot()
 
     @workflow.signal(name="exit")
     def signal_exit(self, reason: str = "operator") -> None:
-        self.exit_requested = reason or "operator"
+        self.request_exit(reason)
 
-    # --- interpreter ------------------------------------------------------
+    @workflow.signal(name="event")
+    def signal_event(self, ev: EventSignal) -> None:
+        self.receive_event(ev)
+
+    @workflow.signal(name="engagement")
+    def signal_engagement(self, sig: EngagementSignal) -> None:
+        self.receive_engagement(sig)
+
+    # --- interpreter --------------------------------------------------------------------
     @workflow.run
     async def run(self, inp: JourneyInput) -> dict[str, Any]:
-        self.inp = inp
-        self.run_id = inp.run_id or workflow.info().run_id
-        steps: dict[str, dict[str, Any]] = inp.definition["steps"]
-        self.state = inp.state or RunState(step=inp.definition["start"])
-
-        while self.state.step is not None and self.exit_requested is None:
-            name = self.state.step
-            step = steps[name]
-            visits = self.state.visits.get(name, 0) + 1
-            if visits > int(step.get("max_visits", 1)):
-                self._end("exited", "loop_guard", name)
-                break
-            self.state.visits[name] = visits
-            self._log(name, visits, "entered")
-            self._upsert_step(name)
-            nxt = await self._execute(name, step, visits)
-            if self.exit_requested is not None:
-                break
-            self._log(name, visits, "left", nxt)
-            self.state.step = nxt
-        if self.exit_requested is not None and self.state.status == "running":
-            self._end("exited", self.exit_requested, self.state.step)
-        elif self.state.status == "running":
-            self._end("completed", "completed", None)
-        await self._flush()
-        return self.query_state()
-
-    async def _execute(self, name: str, step: dict[str, Any], visit: int) -> str | None:
-        kind = step["type"]
-        if kind == "send_email":
-            await self._send(name, step, visit)
-            return step.get("next")
-        if kind == "wait":
-            seconds = _duration_seconds(step["duration"])
-            self.waiting_for = {"kind": "timer"}
-            await self._flush()
+        if inp.state is None and inp.journey_key in inp.chain:
+            # The contact came here through start_journey from this very journey.
+            self.end("exited", "loop_guard", self.defn.start)
+        else:
             try:
-                await workflow.wait_condition(
-                    lambda: self.exit_requested is not None, timeout=timedelta(seconds=seconds)
-                )
-            except TimeoutError:
+                await self.interpret()
+            except RunEnded:
                 pass
-            self.waiting_for = None
-            return step.get("next")
-        if kind == "goto":
-            return str(step["step"])
-        if kind == "exit":
-            self._end("exited" if step.get("reason") else "completed",
-                      step.get("reason") or "completed", name)
-            return None
-        raise ValueError(f"step {name}: unsupported type {kind}")
+            except ActivityError as err:
+                await self.fail(err)
+        if self.state.status == "running":
+            self.end("completed", "completed", self.last_step)
+        await self.flush(force=True)
+        return self.snapshot()
 
-    async def _send(self, name: str, step: dict[str, Any], visit: int) -> SendResult:
-        assert self.inp is not None
-        await self._flush()
-        return await workflow.execute_activity(
-            "send_email",
-            SendInput(
-                run_id=self.run_id,
-                journey_key=self.inp.journey_key,
-                journey_name=self.inp.definition.get("name", ""),
-                version=self.inp.version,
-                contact_id=self.inp.contact_id,
-                step=name,
-                visit=visit,
-                template_key=step["template"],
-                category=step.get("category") or self.inp.definition.get("category"),
-            ),
-            result_type=SendResult,
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=ACTIVITY_RETRY,
-        )
+    async def interpret(self) -> None:
+        while True:
+            await self.drain()
+            name = self.state.step
+            if name is None:
+                return
+            if self.history_too_long():
+                await self.continue_as_new()  # between steps: nothing in flight
+            step = self.defn.step(name)
+            wait = self.state.wait
+            resume = wait is not None and wait.step == name
+            if wait is not None and resume:
+                visit = wait.visit  # re-entering a wait after continue-as-new
+            else:
+                visit = self.state.visits.get(name, 0) + 1
+                if visit > step.max_visits:
+                    self.end("exited", "loop_guard", name)
+                    return
+                self.state.visits[name] = visit
+                self.state.entered_at = workflow.now()
+                self.log(name, visit, "entered")
+                self.mark_step(name)
+            self.last_step = name
+            nxt = await self.execute(name, step, visit, resume)
+            if self.state.status != "running":
+                return
+            self.log(name, visit, "left", nxt)
+            self.state.step = nxt
+            await self.maybe_flush()
 
-    # --- bookkeeping ------------------------------------------------------
-    def _log(self, step: str, visit: int, action: str, outcome: str | None = None) -> None:
-        self.state.seq += 1
-        self.pending.append(
-            StepRecord(self.state.seq, step, visit, action, workflow.now(), outcome)
-        )
-
-    def _end(self, status: str, reason: str, step: str | None) -> None:
-        self.state.status = status
-        self.state.exit_reason = reason
-        if step is not None:
-            self._log(step, self.state.visits.get(step, 0), "exited", reason)
-        workflow.upsert_search_attributes([sa.JOURNEY_STATUS.value_set(status)])
-
-    def _upsert_step(self, step: str) -> None:
-        workflow.upsert_search_attributes([sa.JOURNEY_STEP.value_set(step)])
-
-    async def _flush(self) -> None:
-        """Write pending step records and the run's current state to the database."""
-        assert self.inp is not None
-        records, self.pending = self.pending, []
-        await workflow.execute_activity(
-            "record_steps",
-            RecordInput(
-                run_id=self.run_id,
-                workflow_id=workflow.info().workflow_id,
-                journey_key=self.inp.journey_key,
-                version=self.inp.version,
-                contact_id=self.inp.contact_id,
-                records=records,
-                status=self.state.status,
-                step=self.state.step,
-                visits=dict(self.state.visits),
-                exit_reason=self.state.exit_reason,
-                waiting_for=self.waiting_for,
-            ),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=ACTIVITY_RETRY,
-        )
+    async def fail(self, err: ActivityError) -> None:
+        """A step failed for good (a definition bug such as a deleted template): end the
+        run as exited/error, then fail the workflow so operators see it in Temporal."""
+        cause = err.cause
+        detail = cause.message if isinstance(cause, ApplicationError) else type(cause).__name__
+        step = self.state.step
+        self.end("exited", "error", step)
+        await self.flush(force=True)
+        raise ApplicationError(
+            f"step {step} failed: {detail}", type="StepFailed", non_retryable=True
+        ) from err

@@ -6,15 +6,49 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+# Same as Settings.continue_as_new_after_events; used when the input does not say.
+DEFAULT_CONTINUE_AS_NEW_AFTER = 2000
+
 
 @dataclass
 class StepRecord:
     seq: int
     step: str
     visit: int
-    action: str  # entered | left | exited
+    action: str  # entered | left | exited | skipped
     at: datetime
     outcome: str | None = None
+
+
+@dataclass
+class EventSignal:
+    """An external or internal event reaching a run (signal `event`). Properties stay in the DB."""
+
+    event_id: str
+    name: str
+    occurred_at: datetime
+
+
+@dataclass
+class EngagementSignal:
+    """A human open or click on a message this run sent (signal `engagement`)."""
+
+    tracking_event_id: str
+    send_id: str
+    step: str  # the send_email step that sent the message
+    kind: str  # open | click
+    link: str | None
+    at: datetime
+
+
+@dataclass
+class PendingWait:
+    """A wait in progress: carried across continue-as-new so the new run re-enters the
+    same wait with its original deadline instead of starting it over."""
+
+    step: str
+    visit: int
+    deadline: datetime | None
 
 
 @dataclass
@@ -26,6 +60,15 @@ class RunState:
     seq: int = 0
     status: str = "running"
     exit_reason: str | None = None
+    entered_at: datetime | None = None  # when the current step was entered
+    wait: PendingWait | None = None
+    # send_email step -> send id of its latest visit (wait_for_engagement, engaged).
+    sends: dict[str, str] = field(default_factory=dict)
+    engagements: list[EngagementSignal] = field(default_factory=list)
+    inbox: list[EventSignal] = field(default_factory=list)  # received, not yet handled
+    seen_events: list[str] = field(default_factory=list)  # recent ids: signals are at-least-once
+    exit_requested: str | None = None
+    goal_reached_at: datetime | None = None
 
 
 @dataclass
@@ -39,6 +82,8 @@ class JourneyInput:
     run_id: str | None = None  # first run id of the chain; set on continue-as-new
     state: RunState | None = None
     trigger_event_id: str | None = None
+    # History length after which the run continues as new (None: the default above).
+    continue_as_new_after: int | None = None
 
 
 @dataclass
@@ -54,6 +99,7 @@ class RecordInput:
     visits: dict[str, int]
     exit_reason: str | None = None
     waiting_for: dict[str, Any] | None = None
+    goal_reached_at: datetime | None = None  # a conversion; never cleared once set
 
 
 @dataclass
@@ -76,22 +122,106 @@ class SendResult:
     detail: str | None = None  # block reason or SMTP code; never content
 
 
-@dataclass
-class EventSignal:
-    """An external or internal event reaching a run (signal `event`). Properties stay in the DB."""
+# --- lookups the interpreter asks the database (activities/lookups.py) -----------------
 
-    event_id: str
+
+@dataclass
+class WaitContextInput:
+    contact_id: str
+    attribute: str | None = None  # a date attribute for until_attribute waits
+
+
+@dataclass
+class WaitContext:
+    timezone: str | None  # IANA name; None when the contact is gone (UTC is used)
+    # The attribute normalised to an ISO date/datetime; None when missing or not a date.
+    attribute_value: str | None = None
+
+
+@dataclass
+class JudgeInput:
+    """Evaluate CONDITIONs (JSON as in the definition) and/or property filters on one event."""
+
+    contact_id: str
+    run_id: str
+    now: datetime
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+    first_match: bool = False  # branch: stop at the first true condition
+    event_id: str | None = None
+    where: list[dict[str, Any]] = field(default_factory=list)  # filters on event_id's properties
+
+
+@dataclass
+class JudgeResult:
+    conditions: list[bool] = field(default_factory=list)
+    where: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class FindEventInput:
+    contact_id: str
     name: str
-    occurred_at: datetime
+    since: datetime
+    where: dict[str, Any] | None = None
+    exclude_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
-class EngagementSignal:
-    """A human open or click on a message this run sent (signal `engagement`)."""
-
-    tracking_event_id: str
+class EngagementQuery:
     send_id: str
-    step: str  # the send_email step that sent the message
-    kind: str  # open | click
-    link: str | None
-    at: datetime
+    kind: str  # open | click (a human click also proves an open)
+    link: str | None = None
+
+
+@dataclass
+class SendCapInput:
+    contact_id: str
+    now: datetime
+    period: str  # ISO 8601 duration
+    max_sends: int
+    run_id: str  # the send being decided is not counted
+    step: str
+    visit: int
+
+
+@dataclass
+class SendCapResult:
+    count: int
+    next_allowed_at: datetime | None  # None: a send is allowed now
+
+
+# --- changes the interpreter makes (activities/contact_updates.py, activities/chaining.py) --
+
+
+@dataclass
+class UpdateContactInput:
+    contact_id: str
+    journey_key: str
+    run_id: str
+    step: str
+    visit: int
+    set: dict[str, Any] = field(default_factory=dict)
+    unset: list[str] = field(default_factory=list)
+    add_segments: list[str] = field(default_factory=list)
+    remove_segments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UpdateContactResult:
+    status: str  # updated | unchanged | no_contact
+    segments_added: list[str] = field(default_factory=list)
+    segments_removed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StartJourneyInput:
+    journey_key: str  # the journey to start
+    contact_id: str
+    chain: list[str]  # journeys the contact came through, this one last
+    continue_as_new_after: int | None = None
+
+
+@dataclass
+class StartJourneyResult:
+    status: str  # started | already_running | not_active | not_published | no_contact
+    run_id: str | None = None
