@@ -147,6 +147,9 @@ class JourneyWorkflow:
             ),
             result_type=SendResult,
             start_to_close_timeout=timedelta(seconds=60),
+            # send_email heartbeats every second: a killed worker's send is retried
+            # (and settled without a second mail) within seconds.
+            heartbeat_timeout=timedelta(seconds=5),
             retry_policy=ACTIVITY_RETRY,
         )
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 14:31:41.655766
+Create Date: 2026-11-22 14:48:38.364529
 """
 from collections.abc import Sequence
 
@@ -132,6 +132,8 @@ def upgrade() -> None:
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('detail', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('delivery', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('delivery_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('email_hash', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
@@ -140,6 +142,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('send_key')
     )
     op.create_index(op.f('ix_send_contact_id'), 'send', ['contact_id'], unique=False)
+    op.create_index(op.f('ix_send_email_hash'), 'send', ['email_hash'], unique=False)
     op.create_index(op.f('ix_send_journey_key'), 'send', ['journey_key'], unique=False)
     op.create_index(op.f('ix_send_run_id'), 'send', ['run_id'], unique=False)
     op.create_table('setting',
@@ -272,6 +275,7 @@ def downgrade() -> None:
     op.drop_table('setting')
     op.drop_index(op.f('ix_send_run_id'), table_name='send')
     op.drop_index(op.f('ix_send_journey_key'), table_name='send')
+    op.drop_index(op.f('ix_send_email_hash'), table_name='send')
     op.drop_index(op.f('ix_send_contact_id'), table_name='send')
     op.drop_table('send')
     op.drop_table('segment')
