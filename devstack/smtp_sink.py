@@ -75,8 +75,9 @@ class SinkHandler:
         rcpt_tos = [str(r) for r in envelope.rcpt_tos]
         fault = self.faults.take(rcpt_tos)
         if fault == "drop":
-            if session.transport is not None:
-                session.transport.abort()
+            # Cut the connection after the data arrived: the client never hears an answer.
+            if server.transport is not None:
+                server.transport.abort()
             return "421 4.3.0 connection dropped"
         if fault is not None:
             return _FAULT_REPLIES.get(fault, _FAULT_REPLIES["451"])
