@@ -48,9 +48,7 @@ def load_dkim(settings: Settings) -> DkimKey | None:
     try:
         pem = settings.dkim_private_key_path.read_bytes()
     except OSError as exc:
-        raise DkimConfigError(
-            f"cannot read DKIM_PRIVATE_KEY_PATH ({type(exc).__name__})"
-        ) from None
+        raise DkimConfigError(f"cannot read DKIM_PRIVATE_KEY_PATH ({type(exc).__name__})") from None
     key = DkimKey(settings.dkim_selector, settings.dkim_domain, pem)
     try:
         key.sign(b"From: a@b.example\r\nSubject: probe\r\n\r\nprobe\r\n")

@@ -206,7 +206,9 @@ class SendActivities:
                 s.add(send)
                 await s.commit()
             # Otherwise stay `sending`: the next attempt settles it (see module doc).
-            raise ApplicationError(f"transient SMTP failure ({exc.detail})", type="SmtpTransient") from None
+            raise ApplicationError(
+                f"transient SMTP failure ({exc.detail})", type="SmtpTransient"
+            ) from None
         except PermanentSmtpError as exc:
             return await self._permanent_failure(ctx, send, hashed, exc)
         return await self._finish(s, send, "sent", None)
@@ -290,4 +292,3 @@ class SendActivities:
         s.add(send)
         await s.commit()
         return SendResult(status, send.id, detail)
-

@@ -40,9 +40,7 @@ class InboundMail:
 
     def wants(self, rcpt_tos: list[str], raw: bytes) -> bool:
         rcpts = {r.lower() for r in rcpt_tos}
-        return (
-            self.bounce_address in rcpts or self.unsubscribe_address in rcpts or _is_report(raw)
-        )
+        return self.bounce_address in rcpts or self.unsubscribe_address in rcpts or _is_report(raw)
 
     async def handle(self, mail_from: str, rcpt_tos: list[str], raw: bytes) -> None:
         rcpts = {r.lower() for r in rcpt_tos}

@@ -76,7 +76,7 @@ class SinkHandler:
         fault = self.faults.take(rcpt_tos)
         if fault == "drop":
             # Cut the connection after the data arrived: the client never hears an answer.
-            if server.transport is not None:
+            if isinstance(server.transport, asyncio.Transport):
                 server.transport.abort()
             return "421 4.3.0 connection dropped"
         if fault is not None:

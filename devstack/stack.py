@@ -106,7 +106,8 @@ async def run_dev(settings: Settings, say: Say = print) -> int:
 
         if not settings.smtp_url:
             inbound = InboundMail(db, settings, await _temporal_client(settings, env))
-            sink = SmtpSink(SinkHandler(db_store(db), inbound=inbound), port=settings.smtp_sink_port)
+            handler = SinkHandler(db_store(db), inbound=inbound)
+            sink = SmtpSink(handler, port=settings.smtp_sink_port)
             await sink.start()
             env["SMTP_URL"] = f"smtp://127.0.0.1:{settings.smtp_sink_port}"
             env["SMTP_ALLOW_PLAINTEXT"] = "true"

@@ -37,7 +37,9 @@ def sending_settings(settings: Settings, **overrides: Any) -> Settings:
     return settings.model_copy(update=values)
 
 
-def activities_for(db: Database, settings: Settings, dkim_key: DkimKey | None = None) -> SendActivities:
+def activities_for(
+    db: Database, settings: Settings, dkim_key: DkimKey | None = None
+) -> SendActivities:
     assert settings.smtp_url
     transport = SmtpTransport(parse_smtp_url(settings.smtp_url, settings.smtp_allow_plaintext))
     return SendActivities(db, settings, transport, dkim_key=dkim_key)
@@ -127,7 +129,9 @@ def send_input(
 async def outbox_for(db: Database, message_id: str) -> list[OutboxMessage]:
     async with db.session() as s:
         return list(
-            (await s.exec(select(OutboxMessage).where(OutboxMessage.message_id == message_id))).all()
+            (
+                await s.exec(select(OutboxMessage).where(OutboxMessage.message_id == message_id))
+            ).all()
         )
 
 

@@ -172,7 +172,11 @@ async def test_render_failure_is_recorded_without_values(db: Database, env: Sett
     acts = activities_for(db, env)
     contact = await new_contact(db, env, attributes={"first": "Secret-Name-123"})
     await set_grant(db, env, contact.id, CAT)
-    tpl = await new_template(db, html="<p>{{ contact.attributes.first }}</p>\n<p>{{ contact.attributes.missing.deeper }}</p>")
+    tpl = await new_template(
+        db,
+        html="<p>{{ contact.attributes.first }}</p>\n"
+        "<p>{{ contact.attributes.missing.deeper }}</p>",
+    )
     result = await run_send(acts, send_input(contact.id, tpl.key))
     assert result.status == "failed"
     assert result.detail is not None

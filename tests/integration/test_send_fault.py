@@ -97,9 +97,7 @@ async def worker_process(settings: Settings, workdir: Path) -> AsyncIterator[Wor
 async def _contacts(db: Database, settings: Settings, n: int) -> list[str]:
     pepper = str(settings.secret_values()["api_key_pepper"])
     t = tag()
-    contacts = [
-        Contact(external_id=f"f-{t}-{i}", email=f"f-{t}-{i}@example.com") for i in range(n)
-    ]
+    contacts = [Contact(external_id=f"f-{t}-{i}", email=f"f-{t}-{i}@example.com") for i in range(n)]
     for c in contacts:
         assert c.email
         c.email_hash = email_hash(c.email, pepper)
@@ -171,7 +169,9 @@ async def test_sigkill_during_a_200_contact_journey_sends_each_message_once(
         async with db.session() as s:
             rows = (
                 await s.exec(
-                    select(Send.status, func.count()).where(Send.journey_key == key).group_by(Send.status)
+                    select(Send.status, func.count())
+                    .where(Send.journey_key == key)
+                    .group_by(Send.status)
                 )
             ).all()
         by = dict(rows)
@@ -229,4 +229,3 @@ async def test_sigkill_during_a_200_contact_journey_sends_each_message_once(
         f"{context}; all {2 * CONTACTS} sends once in {time.monotonic() - began:.1f}s "
         f"({recovered} settled from the outbox, {retried} sent on a later attempt)"
     )
-

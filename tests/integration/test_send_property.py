@@ -6,7 +6,9 @@ SMTP sink."""
 from __future__ import annotations
 
 import httpx
-from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from core.config import Settings
 from core.db import Database
@@ -89,7 +91,9 @@ async def test_no_send_without_a_valid_grant_and_no_suppression(
                 # The message's own link (RFC 8058 one-click, or the page's "all" choice).
                 body = b"List-Unsubscribe=One-Click" + (b"&scope=all" if arg == "all" else b"")
                 r = await api.post(
-                    link, content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+                    link,
+                    content=body,
+                    headers={"content-type": "application/x-www-form-urlencoded"},
                 )
                 assert r.status_code == 200
             else:

@@ -43,7 +43,9 @@ async def test_consent_grant_revoke_and_history(api: httpx.AsyncClient) -> None:
         json={"granted": True, "source": "paper-form", "at": old},
     )
     assert r.status_code == 200 and r.json()["granted"] is False
-    await api.put(f"/v1/contacts/{cid}/consents/billing", json={"granted": True, "source": "portal"})
+    await api.put(
+        f"/v1/contacts/{cid}/consents/billing", json={"granted": True, "source": "portal"}
+    )
 
     r = await api.get(f"/v1/contacts/{cid}/consents")
     assert r.status_code == 200
@@ -71,15 +73,15 @@ async def test_consent_bad_input_is_a_clear_4xx(api: httpx.AsyncClient) -> None:
     r = await api.put(f"/v1/contacts/{cid}/consents/care", json={"granted": True})
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"].endswith("source")
     future = (utcnow() + timedelta(days=1)).isoformat()
-    r = await api.put(
-        f"/v1/contacts/{cid}/consents/care", json={**ok, "at": future}
-    )
+    r = await api.put(f"/v1/contacts/{cid}/consents/care", json={**ok, "at": future})
     assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "at"
     r = await api.get(f"/v1/contacts/{cid}/consents")
     assert r.json()["history"] == []  # nothing half-written
 
 
-async def test_consent_roles(app_client: httpx.AsyncClient, api: httpx.AsyncClient, key_for) -> None:  # type: ignore[no-untyped-def]
+async def test_consent_roles(
+    app_client: httpx.AsyncClient, api: httpx.AsyncClient, key_for
+) -> None:  # type: ignore[no-untyped-def]
     cid, _ = await _contact(api)
     integration = {"Authorization": f"Bearer {await key_for('integration')}"}
     marketer = {"Authorization": f"Bearer {await key_for('marketer')}"}
@@ -96,7 +98,9 @@ async def test_consent_roles(app_client: httpx.AsyncClient, api: httpx.AsyncClie
 
 
 async def test_suppressions_hide_addresses_from_operators(
-    app_client: httpx.AsyncClient, api: httpx.AsyncClient, key_for  # type: ignore[no-untyped-def]
+    app_client: httpx.AsyncClient,
+    api: httpx.AsyncClient,
+    key_for,  # type: ignore[no-untyped-def]
 ) -> None:
     cid, email = await _contact(api)
     operator = {"Authorization": f"Bearer {await key_for('operator')}"}
@@ -124,7 +128,9 @@ async def test_suppressions_hide_addresses_from_operators(
     )
     assert r.json() == {"suppressed": False, "matches": []}
     r = await app_client.post(
-        "/v1/suppressions/check", json={"email": email, "category": "care_reminders"}, headers=operator
+        "/v1/suppressions/check",
+        json={"email": email, "category": "care_reminders"},
+        headers=operator,
     )
     assert r.json()["suppressed"] is True and email not in r.text
 
@@ -135,7 +141,9 @@ async def test_suppressions_hide_addresses_from_operators(
 
 
 async def test_only_admin_lifts_an_unsubscribe(
-    app_client: httpx.AsyncClient, api: httpx.AsyncClient, key_for  # type: ignore[no-untyped-def]
+    app_client: httpx.AsyncClient,
+    api: httpx.AsyncClient,
+    key_for,  # type: ignore[no-untyped-def]
 ) -> None:
     _, email = await _contact(api)
     operator = {"Authorization": f"Bearer {await key_for('operator')}"}
@@ -149,7 +157,9 @@ async def test_only_admin_lifts_an_unsubscribe(
     assert (await api.delete(f"/v1/suppressions/{sid}")).status_code == 404
 
 
-async def test_suppression_bad_input(api: httpx.AsyncClient, app_client: httpx.AsyncClient, key_for) -> None:  # type: ignore[no-untyped-def]
+async def test_suppression_bad_input(
+    api: httpx.AsyncClient, app_client: httpx.AsyncClient, key_for
+) -> None:  # type: ignore[no-untyped-def]
     r = await api.post("/v1/suppressions", json={"email": "not-an-address"})
     assert r.status_code == 422 and "not-an-address" not in r.text
     r = await api.post("/v1/suppressions", json={})
@@ -178,9 +188,7 @@ async def test_suppression_outlives_contact_erasure(
         s.add(row)
         await s.commit()
     # The same address arrives again as a new contact: still suppressed.
-    r = await api.post(
-        "/v1/contacts", json={"external_id": f"new-{tag()}", "email": contact.email}
-    )
+    r = await api.post("/v1/contacts", json={"external_id": f"new-{tag()}", "email": contact.email})
     r = await api.post("/v1/suppressions/check", json={"contact_id": r.json()["id"]})
     assert r.json()["suppressed"] is True
 
@@ -197,7 +205,9 @@ async def test_template_save_validates_syntax(api: httpx.AsyncClient) -> None:
     assert r.status_code == 422, r.text
     err = r.json()["error"]
     assert "html part" in err["message"] and "line 2" in err["message"]
-    assert err["details"]["errors"][0]["part"] == "html" and err["details"]["errors"][0]["line"] == 2
+    assert (
+        err["details"]["errors"][0]["part"] == "html" and err["details"]["errors"][0]["line"] == 2
+    )
     assert (await api.get(f"/v1/templates/{key}")).status_code == 404  # nothing written
 
     r = await api.post(
@@ -223,8 +233,8 @@ async def test_template_preview_renders_for_a_contact(api: httpx.AsyncClient) ->
         json={
             "key": key,
             "subject": "Hello {{ contact.attributes.first }}",
-            "html": '<p>Hi {{ contact.attributes.first }}</p>'
-            '<a href="{{ link(\'book\', \'https://clinic.example/book\') }}">Book</a>',
+            "html": "<p>Hi {{ contact.attributes.first }}</p>"
+            "<a href=\"{{ link('book', 'https://clinic.example/book') }}\">Book</a>",
         },
     )
     assert r.status_code == 201, r.text
@@ -247,8 +257,12 @@ async def test_template_preview_render_error_names_part_and_line(api: httpx.Asyn
     key = f"pv-{tag()}"
     r = await api.post(
         "/v1/templates",
-        json={"key": key, "subject": "Hi", "html": "<p>{{ contact.attributes.first }}</p>\n\n"
-              "<p>{{ contact.attributes.plan.name }}</p>"},
+        json={
+            "key": key,
+            "subject": "Hi",
+            "html": "<p>{{ contact.attributes.first }}</p>\n\n"
+            "<p>{{ contact.attributes.plan.name }}</p>",
+        },
     )
     assert r.status_code == 201, r.text
     r = await api.post(f"/v1/templates/{key}/preview", json={"contact_id": cid})

@@ -29,7 +29,9 @@ from worker import build_worker
 CAT = "care_reminders"
 
 
-async def _publish(api: httpx.AsyncClient, steps: dict[str, Any], templates: list[dict[str, Any]]) -> str:
+async def _publish(
+    api: httpx.AsyncClient, steps: dict[str, Any], templates: list[dict[str, Any]]
+) -> str:
     for t in templates:
         r = await api.post("/v1/templates", json=t)
         assert r.status_code == 201, r.text
@@ -57,7 +59,9 @@ async def _contact(api: httpx.AsyncClient, grant: bool) -> tuple[str, str]:
     )
     cid = r.json()["id"]
     if grant:
-        r = await api.put(f"/v1/contacts/{cid}/consents/{CAT}", json={"granted": True, "source": "t"})
+        r = await api.put(
+            f"/v1/contacts/{cid}/consents/{CAT}", json={"granted": True, "source": "t"}
+        )
         assert r.status_code == 200
     return cid, email
 
@@ -65,7 +69,9 @@ async def _contact(api: httpx.AsyncClient, grant: bool) -> tuple[str, str]:
 async def _sends(db: Database, key: str) -> list[Send]:
     async with db.session() as s:
         return list(
-            (await s.exec(select(Send).where(Send.journey_key == key).order_by(col(Send.step)))).all()
+            (
+                await s.exec(select(Send).where(Send.journey_key == key).order_by(col(Send.step)))
+            ).all()
         )
 
 
@@ -167,7 +173,11 @@ async def test_blocked_and_failed_sends_are_recorded_and_the_run_goes_on(
             "done": {"type": "exit"},
         },
         [
-            {"key": f"b1-{t}", "subject": "One", "html": "<p>{{ contact.attributes.plan.name }}</p>"},
+            {
+                "key": f"b1-{t}",
+                "subject": "One",
+                "html": "<p>{{ contact.attributes.plan.name }}</p>",
+            },
             {"key": f"b2-{t}", "subject": "Two", "html": "<p>Hi</p>"},
         ],
     )
@@ -182,11 +192,14 @@ async def test_blocked_and_failed_sends_are_recorded_and_the_run_goes_on(
 
     for cid in (no_grant, granted):
         run = await eventually(lambda c=cid: done(c), timeout=20)  # type: ignore[misc]
-        assert run["visits"] == {"first": 1, "second": 1, "done": 1}
+        assert run is not None and run["visits"] == {"first": 1, "second": 1, "done": 1}
 
     by = {(x.contact_id, x.step): x for x in await _sends(db, key)}
     assert (by[no_grant, "first"].status, by[no_grant, "first"].detail) == ("blocked", "no_consent")
-    assert (by[no_grant, "second"].status, by[no_grant, "second"].detail) == ("blocked", "no_consent")
+    assert (by[no_grant, "second"].status, by[no_grant, "second"].detail) == (
+        "blocked",
+        "no_consent",
+    )
     failed = by[granted, "first"]
     assert failed.status == "failed" and f"b1-{t}" in (failed.detail or "")
     assert "html part, line 1" in (failed.detail or "")
