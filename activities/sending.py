@@ -248,8 +248,17 @@ class SendActivities:
         ).first()
         if in_outbox is not None:
             return await self._finish(s, send, "sent", "recovered")
-        if self.settings.smtp_builtin_sink:
-            return None  # the sink never stored it: the relay did not accept it
+        builtin = self.settings.smtp_builtin_sink
+        if builtin is None:
+            try:
+                builtin = await self.transport.is_builtin_sink()
+            except TransientSmtpError as exc:
+                raise ApplicationError(
+                    f"cannot reach SMTP to settle an interrupted send ({exc.detail})",
+                    type="SmtpTransient",
+                ) from None
+        if builtin:
+            return None  # the sink never stored it: it did not accept it, send again
         log.warning("send %s interrupted during SMTP; marked uncertain, not resent", send.id)
         return await self._finish(s, send, "uncertain", "interrupted_during_smtp")
 

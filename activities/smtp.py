@@ -14,6 +14,11 @@ class SmtpConfigError(RuntimeError):
     pass
 
 
+# The built-in sink's greeting carries this; a relay never does. It tells the worker the
+# outbox table is the truth about what was received (activities/sending.py).
+SINK_IDENT = "journeys-outbox-sink"
+
+
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 # Reply codes that can mean the mailbox itself is bad: unavailable, not local, name not allowed.
 _BAD_MAILBOX_CODES = frozenset({550, 551, 553})
@@ -97,12 +102,11 @@ class SmtpTransport:
     def __init__(self, target: SmtpTarget) -> None:
         self.target = target
         self.tls_context = ssl.create_default_context()  # verifies certificates and host names
+        self._builtin_sink: bool | None = None
 
-    async def send(self, mail_from: str, rcpt: str, message: bytes) -> None:
-        """Hand one message to the relay, or raise what went wrong and whether it may
-        have been accepted anyway (see TransientSmtpError.delivered_unknown)."""
+    def _client(self) -> aiosmtplib.SMTP:
         t = self.target
-        client = aiosmtplib.SMTP(
+        return aiosmtplib.SMTP(
             hostname=t.host,
             port=t.port,
             use_tls=t.implicit_tls,
@@ -110,6 +114,29 @@ class SmtpTransport:
             tls_context=self.tls_context,
             timeout=30,
         )
+
+    async def is_builtin_sink(self) -> bool:
+        """Whether the target greets as the built-in sink (asked once, then remembered)."""
+        if self._builtin_sink is None:
+            client = self._client()
+            try:
+                greeting = await client.connect()
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                raise TransientSmtpError(f"smtp_connect_{type(exc).__name__}") from None
+            try:
+                self._builtin_sink = SINK_IDENT in (greeting.message or "")
+            finally:
+                try:
+                    await client.quit()
+                except Exception:
+                    client.close()
+        return self._builtin_sink
+
+    async def send(self, mail_from: str, rcpt: str, message: bytes) -> None:
+        """Hand one message to the relay, or raise what went wrong and whether it may
+        have been accepted anyway (see TransientSmtpError.delivered_unknown)."""
+        t = self.target
+        client = self._client()
         stage = "connect"
         try:
             await client.connect()

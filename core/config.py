@@ -44,9 +44,10 @@ class Settings(BaseSettings):
     smtp_url: str | None = None
     smtp_sink_port: int = 8025
     smtp_allow_plaintext: bool = False
-    # The SMTP target is the built-in sink writing into this database's outbox, so a
-    # send interrupted mid-SMTP can be settled by looking there (see activities/sending.py).
-    smtp_builtin_sink: bool = False
+    # Whether SMTP_URL is the built-in sink, which keeps every message in this database's
+    # outbox, so a send interrupted mid-SMTP can be settled by looking there (see
+    # activities/sending.py). None: ask the server (the sink says so in its greeting).
+    smtp_builtin_sink: bool | None = None
     mail_from: str = "Care Team <care@example.org>"
     mail_domain: str = "example.org"
     physical_address: str = "Example Health, 1 Main Street, Springfield, MA 01101, USA"

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from activities.smtp import SINK_IDENT
 from core.db import Database
 from core.models import OutboxMessage
 
@@ -118,7 +119,11 @@ class SmtpSink:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        kwargs: dict[str, Any] = {"data_size_limit": 25 * 1024 * 1024, "enable_SMTPUTF8": True}
+        kwargs: dict[str, Any] = {
+            "data_size_limit": 25 * 1024 * 1024,
+            "enable_SMTPUTF8": True,
+            "ident": SINK_IDENT,  # lets workers know the outbox is authoritative
+        }
         self.server = await loop.create_server(
             lambda: SMTP(self.handler, **kwargs), host=self.host, port=self.port
         )

@@ -111,7 +111,6 @@ async def run_dev(settings: Settings, say: Say = print) -> int:
             await sink.start()
             env["SMTP_URL"] = f"smtp://127.0.0.1:{settings.smtp_sink_port}"
             env["SMTP_ALLOW_PLAINTEXT"] = "true"
-            env["SMTP_BUILTIN_SINK"] = "true"
 
         admin_key = await ensure_admin_key(db, settings)
 

@@ -31,8 +31,8 @@ def tag() -> str:
 
 
 def sending_settings(settings: Settings, **overrides: Any) -> Settings:
-    """The session settings with an https base URL (RFC 8058 wants https) and the sink."""
-    values: dict[str, Any] = {"public_base_url": PUBLIC, "smtp_builtin_sink": True}
+    """The session settings with an https base URL (RFC 8058 wants https)."""
+    values: dict[str, Any] = {"public_base_url": PUBLIC}
     values.update(overrides)
     return settings.model_copy(update=values)
 

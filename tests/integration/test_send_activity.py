@@ -377,3 +377,29 @@ async def test_dkim_signed_when_configured(db: Database, env: Settings) -> None:
     # The one-click header is under the signature: changing it breaks verification.
     tampered = msg.raw.replace(b"=One-Click", b"=One-Clicks", 1)
     assert tampered != msg.raw and dkim.verify(tampered, public) is False
+
+
+async def test_the_builtin_sink_is_recognised_by_its_greeting(
+    sink: SmtpSink, settings: Settings
+) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    from activities.smtp import SmtpTransport, parse_smtp_url
+    from devstack.ports import free_port
+
+    assert settings.smtp_url and settings.smtp_builtin_sink is None
+    assert await SmtpTransport(parse_smtp_url(settings.smtp_url, True)).is_builtin_sink()
+
+    class Accept:
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            return "250 OK"
+
+    port = free_port()
+    loop = asyncio.get_running_loop()
+    other = await loop.create_server(lambda: SMTP(Accept()), host="127.0.0.1", port=port)
+    try:
+        relay = SmtpTransport(parse_smtp_url(f"smtp://127.0.0.1:{port}", True))
+        assert await relay.is_builtin_sink() is False
+    finally:
+        other.close()
+        await other.wait_closed()
