@@ -27,7 +27,7 @@ FUTURE_SKEW = timedelta(minutes=5)
 
 class ConsentIn(BaseModel):
     granted: bool
-    source: str = Field(min_length=1, max_length=200)
+    source: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
     at: datetime | None = None
 
     @field_validator("at")

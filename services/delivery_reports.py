@@ -24,7 +24,7 @@ MAX_REPORT_BYTES = 10 * 1024 * 1024
 async def _find_send(ctx: ServiceContext, report: DeliveryReport) -> tuple[Send | None, str | None]:
     """(send, hash of the affected address)."""
     hashes = [email_hash(r, ctx.pepper) for r in report.recipients]
-    if report.original_message_id:
+    if report.original_message_id and "\x00" not in report.original_message_id:
         send = (
             await ctx.session.exec(
                 select(Send).where(Send.message_id == report.original_message_id)

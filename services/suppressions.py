@@ -31,8 +31,8 @@ RECIPIENT_REASONS = frozenset({"unsubscribe", "complaint"})
 class SuppressionTarget(BaseModel):
     """Whose address: given directly, or the current address of a contact."""
 
-    email: str | None = None
-    contact_id: str | None = None
+    email: str | None = Field(default=None, max_length=320)
+    contact_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
 
     @model_validator(mode="after")
     def _one(self) -> SuppressionTarget:
@@ -44,13 +44,13 @@ class SuppressionTarget(BaseModel):
 
 
 class SuppressionIn(SuppressionTarget):
-    category: str = ALL
+    category: str = Field(default=ALL, max_length=128)
     reason: Reason = "manual"
-    source: str = Field(default="api", max_length=200)
+    source: str = Field(default="api", max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
 
 
 class SuppressionCheck(SuppressionTarget):
-    category: str | None = None  # None: any suppression at all
+    category: str | None = Field(default=None, max_length=128)  # None: any category
 
 
 async def target_hash(ctx: ServiceContext, target: SuppressionTarget) -> str:
@@ -180,15 +180,36 @@ async def check_suppression(ctx: ServiceContext, data: SuppressionCheck) -> dict
     return {"suppressed": bool(rows), "matches": await suppressions_out(ctx, rows)}
 
 
-async def remove_suppression(ctx: ServiceContext, suppression_id: int) -> None:
-    row = await ctx.session.get(Suppression, suppression_id)
-    if row is None:
-        raise NotFound("suppression not found", {"id": suppression_id})
+def _may_lift(ctx: ServiceContext, row: Suppression) -> None:
     if row.reason in RECIPIENT_REASONS and ctx.actor.role != "admin":
         raise Forbidden(
             f"a suppression for reason {row.reason} was the recipient's choice; "
             "only an admin may lift it",
-            {"id": suppression_id, "reason": row.reason},
+            {"id": row.id, "reason": row.reason},
         )
+
+
+async def remove_suppression(ctx: ServiceContext, suppression_id: int) -> None:
+    row = await ctx.session.get(Suppression, suppression_id)
+    if row is None:
+        raise NotFound("suppression not found", {"id": suppression_id})
+    _may_lift(ctx, row)
     await ctx.session.delete(row)
     await ctx.session.commit()
+
+
+async def remove_matching(ctx: ServiceContext, data: SuppressionCheck) -> int:
+    """Lift every suppression of the address (of one category when given): all or none."""
+    if data.category is not None and data.category != ALL:
+        check_category(data.category)
+    hashed = await target_hash(ctx, data)
+    q = select(Suppression).where(Suppression.email_hash == hashed)
+    if data.category is not None:
+        q = q.where(Suppression.category == data.category)
+    rows = list((await ctx.session.exec(q)).all())
+    for row in rows:
+        _may_lift(ctx, row)  # before any delete: nothing half-done
+    for row in rows:
+        await ctx.session.delete(row)
+    await ctx.session.commit()
+    return len(rows)

@@ -109,9 +109,9 @@ async def template_keys(ctx: ServiceContext) -> set[str]:
 
 
 class PreviewIn(BaseModel):
-    contact_id: str
-    journey_key: str = "preview"
-    journey_name: str = "Preview"
+    contact_id: str = Field(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    journey_key: str = Field(default="preview", max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")
+    journey_name: str = Field(default="Preview", max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
 
 
 async def preview_template(ctx: ServiceContext, key: str, data: PreviewIn) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from api.deps import Operator
+from api.routers._sending_params import CategoryQuery, ContactIdQuery, Limit, Offset, RowId
 from services import suppressions as svc
 
 router = APIRouter(prefix="/v1/suppressions", tags=["suppressions"])
@@ -17,12 +18,12 @@ router = APIRouter(prefix="/v1/suppressions", tags=["suppressions"])
 @router.get("")
 async def list_suppressions(
     ctx: Operator,
-    category: str | None = None,
-    reason: str | None = None,
-    contact_id: str | None = None,
+    category: CategoryQuery = None,
+    reason: svc.Reason | None = None,
+    contact_id: ContactIdQuery = None,
     since: datetime | None = None,
-    limit: int = 100,
-    offset: int = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[dict[str, Any]]:
     return await svc.list_suppressions(
         ctx,
@@ -52,7 +53,14 @@ async def check_suppression(ctx: Operator, body: svc.SuppressionCheck) -> dict[s
     return await svc.check_suppression(ctx, body)
 
 
+@router.delete("", status_code=200)
+async def remove_suppressions_of(ctx: Operator, body: svc.SuppressionCheck) -> dict[str, Any]:
+    """Lift the address's suppressions (of `category`, or all of them). The body names the
+    address or contact, so no address appears in a URL."""
+    return {"removed": await svc.remove_matching(ctx, body)}
+
+
 @router.delete("/{suppression_id}", status_code=204)
-async def remove_suppression(ctx: Operator, suppression_id: int) -> Response:
+async def remove_suppression(ctx: Operator, suppression_id: RowId) -> Response:
     await svc.remove_suppression(ctx, suppression_id)
     return Response(status_code=204)

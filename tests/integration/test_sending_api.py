@@ -274,3 +274,47 @@ async def test_template_preview_render_error_names_part_and_line(api: httpx.Asyn
         "message": err["details"]["errors"][0]["message"],
     }
     assert "Zebediah" not in r.text and email not in r.text
+
+
+async def test_lift_all_suppressions_of_an_address(api: httpx.AsyncClient, key_for) -> None:  # type: ignore[no-untyped-def]
+    cid, email = await _contact(api)
+    for category, reason in (("care_reminders", "manual"), ("billing", "hard_bounce")):
+        r = await api.post(
+            "/v1/suppressions", json={"email": email, "category": category, "reason": reason}
+        )
+        assert r.status_code == 201
+    r = await api.request(
+        "DELETE", "/v1/suppressions", json={"contact_id": cid, "category": "billing"}
+    )
+    assert r.json() == {"removed": 1}
+    await api.post("/v1/suppressions", json={"email": email, "reason": "unsubscribe"})
+    operator = {"Authorization": f"Bearer {await key_for('operator')}"}
+    r = await api.request("DELETE", "/v1/suppressions", json={"email": email}, headers=operator)
+    assert r.status_code == 403  # one of them is the recipient's own unsubscribe
+    r = await api.post("/v1/suppressions/check", json={"email": email})
+    assert len(r.json()["matches"]) == 2  # nothing half-done
+    r = await api.request("DELETE", "/v1/suppressions", json={"email": email})
+    assert r.json() == {"removed": 2}
+
+
+async def test_hostile_input_is_4xx_never_500(api: httpx.AsyncClient) -> None:
+    cid, email = await _contact(api)
+    cases = [
+        ("PUT", f"/v1/contacts/{cid}/consents/care", {"granted": True, "source": "a\x00b"}),
+        ("PUT", "/v1/contacts/c_%00x/consents/care", {"granted": True, "source": "x"}),
+        ("PUT", f"/v1/contacts/{cid}/consents/{'c' * 300}", {"granted": True, "source": "x"}),
+        ("GET", "/v1/suppressions?offset=-1", None),
+        ("GET", "/v1/suppressions?limit=0", None),
+        ("GET", "/v1/suppressions?category=a%00b", None),
+        ("GET", "/v1/suppressions?reason=whim", None),
+        ("DELETE", f"/v1/suppressions/{2**70}", None),
+        ("POST", "/v1/suppressions", {"email": email, "source": "x\x00"}),
+        ("POST", "/v1/suppressions", {"contact_id": "c_\x00"}),
+        ("POST", "/v1/suppressions/check", {"email": email, "category": "bad category"}),
+        ("POST", "/v1/templates/a%00b/preview", {"contact_id": cid}),
+        ("POST", "/v1/templates/x/preview", {"contact_id": "c_\x00"}),
+    ]
+    for method, path, body in cases:
+        r = await api.request(method, path, json=body)
+        assert r.status_code in (404, 422), (method, path, r.status_code, r.text)
+        assert "error" in r.json()
