@@ -23,7 +23,10 @@ class TooLarge(ServiceError):
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"message/rfc822": {"schema": {"type": "string", "format": "binary"}}},
+            "content": {
+                media: {"schema": {"type": "string", "format": "binary"}}
+                for media in ("message/rfc822", "application/octet-stream")
+            },
         }
     },
 )
