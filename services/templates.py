@@ -21,23 +21,22 @@ class TrackIn(BaseModel):
     clicks: bool = True
 
 
-class TemplateIn(BaseModel):
-    key: str = Field(pattern=KEY_PATTERN)
-    name: str = ""
-    subject: str = Field(min_length=1)
-    html: str = Field(min_length=1)
-    text: str | None = None
-    category: str | None = None
-    track: TrackIn = Field(default_factory=TrackIn)
+# PostgreSQL text cannot hold NUL; the parts may hold any other character.
+_NO_NUL = r"^[^\x00]*$"
+_CATEGORY = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 
 
 class TemplateUpdate(BaseModel):
-    name: str = ""
-    subject: str = Field(min_length=1)
-    html: str = Field(min_length=1)
-    text: str | None = None
-    category: str | None = None
+    name: str = Field(default="", max_length=200, pattern=_NO_NUL)
+    subject: str = Field(min_length=1, max_length=1000, pattern=_NO_NUL)
+    html: str = Field(min_length=1, max_length=1_000_000, pattern=_NO_NUL)
+    text: str | None = Field(default=None, max_length=1_000_000, pattern=_NO_NUL)
+    category: str | None = Field(default=None, pattern=_CATEGORY)
     track: TrackIn = Field(default_factory=TrackIn)
+
+
+class TemplateIn(TemplateUpdate):
+    key: str = Field(pattern=KEY_PATTERN)
 
 
 def template_out(t: Template) -> dict[str, Any]:

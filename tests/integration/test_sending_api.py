@@ -318,3 +318,15 @@ async def test_hostile_input_is_4xx_never_500(api: httpx.AsyncClient) -> None:
         r = await api.request(method, path, json=body)
         assert r.status_code in (404, 422), (method, path, r.status_code, r.text)
         assert "error" in r.json()
+
+
+async def test_template_fields_that_postgres_cannot_store_are_422(api: httpx.AsyncClient) -> None:
+    key = f"nul-{tag()}"
+    for field in ("subject", "html", "text", "name"):
+        body = {"key": key, "subject": "Hi", "html": "<p>x</p>", field: "a\x00b"}
+        r = await api.post("/v1/templates", json=body)
+        assert r.status_code == 422, (field, r.text)
+    r = await api.post(
+        "/v1/templates", json={"key": key, "subject": "Hi", "html": "<p>x</p>", "category": "a b"}
+    )
+    assert r.status_code == 422
