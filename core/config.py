@@ -44,10 +44,15 @@ class Settings(BaseSettings):
     smtp_url: str | None = None
     smtp_sink_port: int = 8025
     smtp_allow_plaintext: bool = False
+    # Whether SMTP_URL is the built-in sink, which keeps every message in this database's
+    # outbox, so a send interrupted mid-SMTP can be settled by looking there (see
+    # activities/sending.py). None: ask the server (the sink says so in its greeting).
+    smtp_builtin_sink: bool | None = None
     mail_from: str = "Care Team <care@example.org>"
     mail_domain: str = "example.org"
     physical_address: str = "Example Health, 1 Main Street, Springfield, MA 01101, USA"
     unsubscribe_mailto: str = "unsubscribe@example.org"
+    bounce_address: str | None = None  # envelope sender; default bounces@MAIL_DOMAIN
     dkim_selector: str | None = None
     dkim_domain: str | None = None
     dkim_private_key_path: Path | None = None
@@ -76,6 +81,11 @@ class Settings(BaseSettings):
     tracking_token_ttl_days: int = 180
     continue_as_new_after_events: int = 2000
     dev_mode: bool = False
+
+    @property
+    def envelope_sender(self) -> str:
+        """Return-Path of every message: where delivery reports come back."""
+        return self.bounce_address or f"bounces@{self.mail_domain}"
 
     @property
     def home(self) -> Path:

@@ -216,6 +216,10 @@ class Send(SQLModel, table=True):
     status: str = "reserved"  # reserved | sending | sent | blocked | failed | uncertain
     detail: str | None = None  # block reason / SMTP code (never content)
     delivery: str | None = None  # delivered | bounced | complained
+    delivery_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # Keyed hash of the address the message went to: reports and unsubscribes find the
+    # address to suppress even after the contact is erased.
+    email_hash: str | None = Field(default=None, index=True)
     attempts: int = 0
     created_at: datetime = _ts()
     sent_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))

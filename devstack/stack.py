@@ -14,9 +14,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from temporalio.client import Client
+
 from core.config import Settings
 from core.db import Database
 from core.migrate import upgrade_async
+from devstack.inbound import InboundMail
 from devstack.ports import PortTaken, port_in_use
 from devstack.postgres import EmbeddedPostgres
 from devstack.smtp_sink import SinkHandler, SmtpSink, db_store
@@ -52,6 +55,17 @@ async def ensure_admin_key(db: Database, settings: Settings) -> str | None:
     with os.fdopen(fd, "w") as fh:
         fh.write(key + "\n")
     return key
+
+
+async def _temporal_client(settings: Settings, env: dict[str, str]) -> Client | None:
+    """For the sink's inbound mail (reports and unsubscribes reach runs)."""
+    from core.temporal import TemporalConfigError, connect
+
+    address = env.get("TEMPORAL_ADDRESS") or settings.temporal_address
+    try:
+        return await connect(settings, address) if address else None
+    except TemporalConfigError:
+        return None
 
 
 async def run_dev(settings: Settings, say: Say = print) -> int:
@@ -94,7 +108,9 @@ async def run_dev(settings: Settings, say: Say = print) -> int:
             env["TEMPORAL_ADDRESS"] = temporal.address
 
         if not settings.smtp_url:
-            sink = SmtpSink(SinkHandler(db_store(db)), port=settings.smtp_sink_port)
+            inbound = InboundMail(db, settings, await _temporal_client(settings, env))
+            handler = SinkHandler(db_store(db), inbound=inbound)
+            sink = SmtpSink(handler, port=settings.smtp_sink_port)
             await sink.start()
             env["SMTP_URL"] = f"smtp://127.0.0.1:{settings.smtp_sink_port}"
             env["SMTP_ALLOW_PLAINTEXT"] = "true"

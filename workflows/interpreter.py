@@ -141,12 +141,14 @@ class Interpreter:
         result_type: type[T],
         start_to_close: timedelta = DB_TIMEOUT,
         retry: RetryPolicy = DB_RETRY,
+        heartbeat: timedelta | None = None,
     ) -> T:
         result: T = await workflow.execute_activity(
             name,
             arg,
             result_type=result_type,
             start_to_close_timeout=start_to_close,
+            heartbeat_timeout=heartbeat,
             retry_policy=retry,
         )
         return result

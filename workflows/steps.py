@@ -267,6 +267,9 @@ class StepRunner(Interpreter):
             ),
             SendResult,
             start_to_close=SEND_TIMEOUT,
+            # send_email heartbeats every second: a killed worker's send is retried (and
+            # settled without a second mail) within seconds, not after SEND_TIMEOUT.
+            heartbeat=timedelta(seconds=5),
         )
         if result.send_id:
             self.state.sends[name] = result.send_id

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 15:50:37.147940
+Create Date: 2026-11-22 16:09:21.832963
 """
 from collections.abc import Sequence
 
@@ -235,6 +235,8 @@ def upgrade() -> None:
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('detail', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('delivery', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('delivery_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('email_hash', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
@@ -244,6 +246,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('send_key')
     )
     op.create_index(op.f('ix_send_contact_id'), 'send', ['contact_id'], unique=False)
+    op.create_index(op.f('ix_send_email_hash'), 'send', ['email_hash'], unique=False)
     op.create_index(op.f('ix_send_journey_key'), 'send', ['journey_key'], unique=False)
     op.create_index(op.f('ix_send_run_id'), 'send', ['run_id'], unique=False)
     op.create_table('setting',
@@ -371,6 +374,7 @@ def downgrade() -> None:
     op.drop_table('setting')
     op.drop_index(op.f('ix_send_run_id'), table_name='send')
     op.drop_index(op.f('ix_send_journey_key'), table_name='send')
+    op.drop_index(op.f('ix_send_email_hash'), table_name='send')
     op.drop_index(op.f('ix_send_contact_id'), table_name='send')
     op.drop_table('send')
     op.drop_index(op.f('ix_segment_recheck_due_at'), table_name='segment_recheck')

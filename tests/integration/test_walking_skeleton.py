@@ -24,6 +24,12 @@ async def test_contact_template_journey_two_emails(
     assert r.status_code == 201, r.text
     contact_id = r.json()["id"]
     assert contact_id.startswith("c_") and tag not in contact_id
+    # A send needs a grant for the journey's category (SPEC section 7).
+    r = await api.put(
+        f"/v1/contacts/{contact_id}/consents/care_reminders",
+        json={"granted": True, "source": "intake-form"},
+    )
+    assert r.status_code == 200, r.text
 
     for n in (1, 2):
         r = await api.post(
