@@ -164,6 +164,7 @@ _RULES: dict[tuple[str, str], Rule] = {
     # --- suppressions (addresses only shown to admin, by the router) -----------------
     ("GET", "/v1/suppressions"): allow(OPERATOR, AUDITOR),
     ("POST", "/v1/suppressions"): allow(OPERATOR),
+    ("POST", "/v1/suppressions/check"): allow(OPERATOR),
     ("DELETE", "/v1/suppressions"): allow(OPERATOR),
     ("DELETE", "/v1/suppressions/{suppression_id}"): allow(OPERATOR),
     # --- reports (aggregates; small counts suppressed for marketers by the router) ---

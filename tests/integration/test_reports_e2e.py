@@ -27,6 +27,11 @@ async def test_real_runs_send_wait_send_then_engagement(
         )
         assert r.status_code == 201, r.text
         contacts.append(r.json()["id"])
+        r = await api.put(
+            f"/v1/contacts/{contacts[-1]}/consents/care_reminders",
+            json={"granted": True, "source": "test"},
+        )
+        assert r.status_code == 200, r.text
     for n in (1, 2):
         r = await api.post(
             "/v1/templates",
