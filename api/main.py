@@ -10,8 +10,8 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from fastapi import APIRouter, FastAPI
 from temporalio.client import Client
 
-from api import errors
 import api.routers
+from api import errors
 from core import logsafe
 from core.config import Settings, get_settings
 from core.db import Database

@@ -90,7 +90,7 @@ class EmbeddedPostgres:
             ],
             check=True,
             capture_output=True,
-            **self._run_as(),  # type: ignore[arg-type]
+            **self._run_as(),  # type: ignore[call-overload]
         )
 
     def start(self) -> None:
@@ -114,7 +114,7 @@ class EmbeddedPostgres:
             stdout=log,
             stderr=log,
             start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
-            **self._run_as(),  # type: ignore[arg-type]
+            **self._run_as(),  # type: ignore[call-overload]
         )
 
     async def wait_ready(self, timeout: float = 30.0) -> None:

@@ -65,7 +65,7 @@ async def validate_definition(
 ) -> list[dict[str, Any]]:
     refs = await known_refs(ctx)
     if extra_journeys:
-        refs = dataclasses.replace(refs, journeys=set(refs.journeys) | extra_journeys)
+        refs = dataclasses.replace(refs, journeys=set(refs.journeys or ()) | extra_journeys)
     return _issues(validate(raw, refs).errors)
 
 

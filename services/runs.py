@@ -50,7 +50,11 @@ async def get_run(ctx: ServiceContext, key: str, contact_id: str) -> dict[str, A
         try:
             handle = ctx.temporal.get_workflow_handle(workflow_id(key, contact_id))
             live = await handle.query("state")
-            out.update({k: live[k] for k in ("status", "step", "visits", "exit_reason", "waiting_for") if k in live})
+            # Only while the run is live: an ending run is reported from its row once its
+            # last steps are written, so status and history always agree.
+            if live.get("status") == "running":
+                keys = ("step", "visits", "waiting_for")
+                out.update({k: live[k] for k in keys if k in live})
         except Exception:
             pass  # the database row is a good answer when the query cannot be served
     steps = (

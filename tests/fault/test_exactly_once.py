@@ -45,7 +45,7 @@ async def _assert_exactly_once(stack: FaultStack, key: str, ids: list[str], time
         assert len(counts) == len(mids), "a send never reached the sink"
         assert max(counts.values()) == 1, "a message was sent twice"
         lost = (
-            await s.exec(
+            await s.exec(  # type: ignore[call-overload]
                 text(
                     "SELECT count(*) FROM run r WHERE r.journey_key = :k AND NOT EXISTS "
                     "(SELECT 1 FROM step_log l WHERE l.run_id = r.id AND l.step = 'done' "

@@ -91,8 +91,9 @@ async def test_contact_template_journey_two_emails(
         return body if body["status"] == "completed" else None
 
     run = await eventually(completed)
+    assert run is not None
     assert run["visits"] == {"first": 1, "pause": 1, "second": 1, "done": 1}
-    assert [h["step"] for h in run["history"] if h["action"] == "entered"] == ["first", "pause", "second", "done"]  # type: ignore[index,union-attr]
+    assert [h["step"] for h in run["history"] if h["action"] == "entered"] == ["first", "pause", "second", "done"]  # type: ignore[index,union-attr,attr-defined]
 
     # Operators find the run in Temporal by its search attributes.
     async def listed() -> int:
