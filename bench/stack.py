@@ -48,9 +48,9 @@ class BenchStack:
             PUBLIC_BASE_URL=s.public_base_url,
         )
 
-    def spawn(self, *args: str) -> subprocess.Popen[bytes]:
+    def spawn(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, *args], env=self.env(), cwd=ROOT, start_new_session=True,
+            [sys.executable, *args], env={**self.env(), **env}, cwd=ROOT, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=open(self.workdir / "child.log", "ab"),  # noqa: SIM115
         )
 

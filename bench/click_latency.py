@@ -1,0 +1,266 @@
+"""Human click to next step started: p50/p95 over N runs waiting in wait_for_engagement.
+
+    .venv/bin/python bench/click_latency.py --runs 200
+
+The click goes over HTTP to `journeys api` (a separate process, loopback), is recorded,
+judged by the background judge and signalled; the worker (another process) moves the
+run to its `yes` step. Latency = when the workflow entered `yes` (its step log) minus
+when the click was sent. Baseline, same run: the same journey's runs signalled
+directly with `engagement` through the Temporal client (no HTTP, no judge).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import email
+import email.policy
+import re
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+from sqlalchemy import insert  # noqa: E402
+from sqlmodel import col, select  # noqa: E402
+
+from bench.stack import BenchStack, bench_stack  # noqa: E402
+from core.models import Consent, Contact, OutboxMessage, Send, StepLog  # noqa: E402
+from core.temporal import connect  # noqa: E402
+from devstack.ports import free_port  # noqa: E402
+from services.context import ServiceContext  # noqa: E402
+from services.enrollment import enroll  # noqa: E402
+from services.journeys import create_journey, publish_journey  # noqa: E402
+from services.templates import TemplateIn, create_template  # noqa: E402
+from workflows.journey import workflow_id  # noqa: E402
+from workflows.types import EngagementSignal  # noqa: E402
+
+CHROME = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/142.0.0.0 Safari/537.36"
+)
+BOOK = re.compile(r'href="([^"]+/t/c/[^"]+)"[^>]*>Book now<')
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+async def setup(stack: BenchStack, n: int, tag: str) -> tuple[str, list[str]]:
+    client = await connect(stack.settings)
+    ids = [f"c_clk{tag}{i:05d}" for i in range(n)]
+    async with stack.db.session() as s:
+        await s.execute(
+            insert(Contact),
+            [
+                {
+                    "id": cid,
+                    "external_id": f"clk-{tag}-{i}",
+                    "email": f"clk{tag}.{i}@example.com",
+                    "timezone": "UTC",
+                    "attributes": {},
+                }
+                for i, cid in enumerate(ids)
+            ],
+        )
+        await s.execute(
+            insert(Consent),
+            [
+                {"contact_id": cid, "category": "care", "granted": True, "source": "bench"}
+                for cid in ids
+            ],
+        )
+        await s.commit()
+        ctx = ServiceContext(s, stack.settings, client)
+        await create_template(
+            ctx,
+            TemplateIn(
+                key=f"clk{tag}",
+                subject="Your visit",
+                html="<p>Hi</p><p><a href=\"{{ link('book', 'https://example.org/book') }}\">Book now</a></p>",
+            ),
+        )
+        key = f"clk-{tag}"
+        await create_journey(
+            ctx,
+            {
+                "key": key,
+                "name": "click bench",
+                "category": "care",
+                "trigger": {"type": "manual"},
+                "start": "mail",
+                "steps": {
+                    "mail": {"type": "send_email", "template": f"clk{tag}", "next": "engaged?"},
+                    "engaged?": {
+                        "type": "wait_for_engagement",
+                        "send_step": "mail",
+                        "event": "click",
+                        "link": "book",
+                        "timeout": "P1D",
+                        "yes": "yes",
+                        "no": "no",
+                    },
+                    "yes": {"type": "exit", "reason": "clicked"},
+                    "no": {"type": "exit"},
+                },
+            },
+        )
+        await publish_journey(ctx, key)
+        await enroll(ctx, key, ids)
+    return key, ids
+
+
+async def wait_sent(stack: BenchStack, n: int) -> None:
+    while True:
+        async with stack.db.session() as s:
+            rows = (await s.exec(select(OutboxMessage.id))).all()
+        if len(rows) >= n:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def entered_yes(stack: BenchStack, key: str) -> dict[str, datetime]:
+    async with stack.db.session() as s:
+        rows = (
+            await s.exec(
+                select(StepLog.contact_id, StepLog.at).where(
+                    StepLog.journey_key == key, StepLog.step == "yes", StepLog.action == "entered"
+                )
+            )
+        ).all()
+    return dict(rows)
+
+
+async def waiting(stack: BenchStack, key: str, n: int) -> None:
+    """Every run has entered the wait (so a click reaches a waiting run)."""
+    while True:
+        async with stack.db.session() as s:
+            rows = (
+                await s.exec(
+                    select(StepLog.id).where(
+                        StepLog.journey_key == key,
+                        StepLog.step == "engaged?",
+                        StepLog.action == "entered",
+                    )
+                )
+            ).all()
+        if len(rows) >= n:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--baseline-runs", type=int, default=50)
+    ap.add_argument("--concurrency", type=int, default=4)
+    args = ap.parse_args()
+    async with bench_stack() as stack:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        worker = stack.spawn("-m", "cli.main", "worker")
+        api = stack.spawn("-m", "cli.main", "api", "--port", str(port), PUBLIC_BASE_URL=base)
+        try:
+            key, ids = await setup(stack, args.runs, "h")
+            bkey, bids = await setup(stack, args.baseline_runs, "b")
+            await wait_sent(stack, args.runs + args.baseline_runs)
+            await waiting(stack, key, args.runs)
+            await waiting(stack, bkey, args.baseline_runs)
+            await asyncio.sleep(6)  # past the classifier's too-fast window for clicks
+            async with stack.db.session() as s:
+                msgs = (await s.exec(select(OutboxMessage))).all()
+                sends = {x.message_id: x for x in (await s.exec(select(Send))).all()}
+            urls: dict[str, str] = {}
+            for m in msgs:
+                parsed = email.message_from_bytes(m.raw, policy=email.policy.default)
+                send = sends.get(m.message_id or "")
+                if send is None or send.journey_key != key:
+                    continue
+                html = parsed.get_body(("html",)).get_content()  # type: ignore[union-attr]
+                found = BOOK.search(html)
+                if found:
+                    urls[send.contact_id] = found.group(1).replace("&amp;", "&")
+            assert len(urls) == args.runs, f"found {len(urls)} click links"
+            sent_at: dict[str, datetime] = {}
+            sem = asyncio.Semaphore(args.concurrency)
+            async with httpx.AsyncClient(timeout=10) as http:
+                for _ in range(50):  # the API process is up
+                    try:
+                        await http.get(f"{base}/healthz")
+                        break
+                    except httpx.HTTPError:
+                        await asyncio.sleep(0.2)
+
+                async def click(cid: str, url: str, i: int) -> None:
+                    async with sem:
+                        sent_at[cid] = datetime.now(UTC)
+                        r = await http.get(
+                            url,
+                            headers={
+                                "user-agent": CHROME,
+                                "accept": "text/html,application/xhtml+xml",
+                                "accept-language": "en-US,en;q=0.9",
+                                "sec-fetch-mode": "navigate",
+                                "sec-fetch-dest": "document",
+                                "sec-fetch-user": "?1",
+                                "x-forwarded-for": f"73.{i % 200 + 1}.{i // 200 + 10}.{i % 250 + 1}",
+                            },
+                        )
+                        assert r.status_code == 302, r.status_code
+                        await asyncio.sleep(0.05)
+
+                await asyncio.gather(*(click(c, u, i) for i, (c, u) in enumerate(urls.items())))
+            deadline = time.monotonic() + 120
+            while (
+                len(done := await entered_yes(stack, key)) < args.runs
+                and time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.2)
+            lat = [(done[c] - sent_at[c]).total_seconds() for c in done if c in sent_at]
+
+            client = await connect(stack.settings)
+            async with stack.db.session() as s:
+                bsends = {
+                    x.contact_id: x
+                    for x in (await s.exec(select(Send).where(col(Send.journey_key) == bkey))).all()
+                }
+            bsent: dict[str, datetime] = {}
+            for i, cid in enumerate(bids):
+                bsent[cid] = datetime.now(UTC)
+                await client.get_workflow_handle(workflow_id(bkey, cid)).signal(
+                    "engagement",
+                    EngagementSignal(
+                        f"bench-{i}", bsends[cid].id, "mail", "click", "book", datetime.now(UTC)
+                    ),
+                )
+            deadline = time.monotonic() + 60
+            while (
+                len(bdone := await entered_yes(stack, bkey)) < len(bids)
+                and time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.2)
+            blat = [(bdone[c] - bsent[c]).total_seconds() for c in bdone]
+        finally:
+            for p in (api, worker):
+                p.terminate()
+                p.wait()
+    ms = 1000
+    print(
+        f"runs={args.runs} moved={len(lat)} (every click judged human and signalled: {len(lat) == args.runs})"
+    )
+    print(
+        f"click -> next step: p50 {statistics.median(lat) * ms:.0f} ms, p95 {pct(lat, 95) * ms:.0f} ms (target p95 <= 1000 ms)"
+    )
+    print(
+        f"baseline direct signal -> next step: p50 {statistics.median(blat) * ms:.0f} ms, p95 {pct(blat, 95) * ms:.0f} ms"
+    )
+    print(f"ratio p95 click/direct: {pct(lat, 95) / pct(blat, 95):.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
