@@ -28,7 +28,7 @@ import httpx  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 from sqlmodel import col, select  # noqa: E402
 
-from bench.stack import BenchStack, bench_stack  # noqa: E402
+from bench.stack import CHILD_LOG, BenchStack, bench_stack  # noqa: E402
 from core.models import Consent, Contact, OutboxMessage, Send, StepLog  # noqa: E402
 from core.temporal import connect  # noqa: E402
 from devstack.ports import free_port  # noqa: E402
@@ -163,7 +163,7 @@ async def main() -> None:
     async with bench_stack() as stack:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        worker = stack.spawn("-m", "cli.main", "worker")
+        worker = stack.spawn("-m", "cli.main", "worker", PUBLIC_BASE_URL=base)  # mints the URLs
         api = stack.spawn("-m", "cli.main", "api", "--port", str(port), PUBLIC_BASE_URL=base)
         try:
             key, ids = await setup(stack, args.runs, "h")
@@ -189,11 +189,13 @@ async def main() -> None:
             sent_at: dict[str, datetime] = {}
             sem = asyncio.Semaphore(args.concurrency)
             async with httpx.AsyncClient(timeout=10) as http:
-                for _ in range(50):  # the API process is up
+                for _ in range(150):  # the API process is up
                     try:
                         await http.get(f"{base}/healthz")
                         break
                     except httpx.HTTPError:
+                        if api.poll() is not None:
+                            raise RuntimeError("the API process exited; see " + str(CHILD_LOG)) from None
                         await asyncio.sleep(0.2)
 
                 async def click(cid: str, url: str, i: int) -> None:

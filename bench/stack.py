@@ -23,6 +23,7 @@ from devstack.smtp_sink import SinkHandler, SmtpSink, db_store
 from devstack.temporal import TemporalDevServer
 
 ROOT = Path(__file__).resolve().parent.parent
+CHILD_LOG = Path(tempfile.gettempdir()) / "journeys-bench-children.log"  # outlives the stack
 
 
 @dataclass
@@ -51,7 +52,7 @@ class BenchStack:
     def spawn(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, *args], env={**self.env(), **env}, cwd=ROOT, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=open(self.workdir / "child.log", "ab"),  # noqa: SIM115
+            stdout=subprocess.DEVNULL, stderr=open(CHILD_LOG, "ab"),  # noqa: SIM115
         )
 
 

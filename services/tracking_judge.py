@@ -140,6 +140,7 @@ class TrackingJudge:
         self._wake = asyncio.Event()
         self._changed: list[tuple[TrackingEvent, str | None]] = []
         self._engaged_sends: set[str] = set()
+        self._segments_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle --------------------------------------------------------
@@ -152,6 +153,8 @@ class TrackingJudge:
             self._task = asyncio.create_task(self._run(), name="tracking-judge")
 
     async def stop(self) -> None:
+        if self._segments_task is not None:
+            await asyncio.gather(self._segments_task, return_exceptions=True)
         task, self._task = self._task, None
         if task is None:
             return
@@ -189,6 +192,7 @@ class TrackingJudge:
         while True:
             judged = await self.judge_pending()
             handled += judged + await self.signal_pending()
+            self._schedule_segments()  # off the loop: a click never waits on segments
             if judged == 0:
                 return handled
 
@@ -274,7 +278,6 @@ class TrackingJudge:
                     await self._apply_revisions(s, revisions, batch, now)
             await self._report_verdicts(s)
             await s.commit()
-        await self._update_segments()
         return len(pending)
 
     async def _send_facts(self, s: AsyncSession, send_ids: Sequence[str]) -> dict[str, _SendFacts]:
@@ -415,6 +418,18 @@ class TrackingJudge:
         self._engaged_sends.update(
             row.send_id for row, previous in changed if "human" in (row.verdict, previous)
         )
+
+    def _schedule_segments(self) -> None:
+        if self._engaged_sends and (self._segments_task is None or self._segments_task.done()):
+            self._segments_task = asyncio.create_task(self._segments_loop())
+
+    async def _segments_loop(self) -> None:
+        while self._engaged_sends:
+            try:
+                await self._update_segments()
+            except Exception as exc:  # the verdicts are stored; the sweep catches up later
+                log.error("segment refresh after verdicts failed: %s", type(exc).__name__)
+                return
 
     async def _update_segments(self) -> None:
         """After the verdicts commit: re-evaluate the engaged contacts' segments."""
