@@ -159,6 +159,7 @@ async def main() -> None:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--baseline-runs", type=int, default=50)
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--interval", type=float, default=0.05, help="pause after each click (s)")
     args = ap.parse_args()
     async with bench_stack() as stack:
         port = free_port()
@@ -214,7 +215,7 @@ async def main() -> None:
                             },
                         )
                         assert r.status_code == 302, r.status_code
-                        await asyncio.sleep(0.05)
+                        await asyncio.sleep(args.interval)
 
                 await asyncio.gather(*(click(c, u, i) for i, (c, u) in enumerate(urls.items())))
             deadline = time.monotonic() + 120
