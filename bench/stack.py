@@ -3,7 +3,6 @@ file DB (WAL pragmas, as `journeys dev` runs it), and the SMTP sink, on free por
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from core.config import Settings
 from core.db import Database
 from core.migrate import upgrade_async
+from devstack.child_env import child_env
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from devstack.smtp_sink import SinkHandler, SmtpSink, db_store
@@ -37,17 +37,7 @@ class BenchStack:
 
     def env(self) -> dict[str, str]:
         s = self.settings
-        return dict(
-            os.environ,
-            PYTHONPATH=str(ROOT),
-            JOURNEYS_HOME=str(s.journeys_home),
-            DATABASE_URL=str(s.database_url),
-            TEMPORAL_ADDRESS=str(s.temporal_address),
-            TEMPORAL_TASK_QUEUE=s.temporal_task_queue,
-            SMTP_URL=str(s.smtp_url),
-            SMTP_ALLOW_PLAINTEXT="true",
-            PUBLIC_BASE_URL=s.public_base_url,
-        )
+        return child_env(s)
 
     def spawn(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(

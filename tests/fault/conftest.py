@@ -22,6 +22,7 @@ from core.config import Settings
 from core.db import Database
 from core.migrate import upgrade_async
 from core.models import Consent, Contact
+from devstack.child_env import child_env
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from devstack.smtp_sink import SinkHandler, SmtpSink, db_store
@@ -45,18 +46,7 @@ class FaultStack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        s = self.settings
-        env = dict(
-            os.environ,
-            PYTHONPATH=str(ROOT),
-            JOURNEYS_HOME=str(s.journeys_home),
-            DATABASE_URL=str(s.database_url),
-            TEMPORAL_ADDRESS=str(s.temporal_address),
-            TEMPORAL_TASK_QUEUE=s.temporal_task_queue,
-            SMTP_URL=str(s.smtp_url),
-            SMTP_ALLOW_PLAINTEXT="true",
-            PUBLIC_BASE_URL=s.public_base_url,
-        )
+        env = child_env(self.settings)
         log = open(self.workdir / "worker.log", "ab")  # noqa: SIM115
         p = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "worker"],

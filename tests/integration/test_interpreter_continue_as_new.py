@@ -87,7 +87,7 @@ async def test_a_wait_survives_continue_as_new_with_its_deadline(
     async def continued() -> bool:
         return await _executions(temporal, key, cid) > 1
 
-    await eventually(continued)
+    await eventually(continued, timeout=60)  # generous: CI machines are loaded
     after = await waiting(temporal, key, cid, "event")
     assert after["waiting_for"] == before["waiting_for"]  # the same deadline, not a new one
     assert after["visits"] == {"reply?": 1} and after["run_id"] == before["run_id"]
