@@ -5,11 +5,9 @@ and the worker as a subprocess that can be SIGKILLed."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,13 +18,12 @@ from sqlalchemy import insert
 
 from core.config import Settings
 from core.db import Database
-from core.migrate import upgrade_async
 from core.models import Consent, Contact
 from devstack.child_env import child_env
-from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
-from devstack.smtp_sink import SinkHandler, SmtpSink, db_store
+from devstack.smtp_sink import SmtpSink
 from devstack.temporal import TemporalDevServer
+from devstack.throwaway import throwaway_stack
 from services.context import ServiceContext
 from services.enrollment import enroll
 from services.journeys import create_journey, publish_journey
@@ -65,42 +62,12 @@ class FaultStack:
 
 @pytest_asyncio.fixture(scope="module")
 async def fault_stack() -> AsyncIterator[FaultStack]:
-    workdir = Path(tempfile.mkdtemp(prefix="journeys-fault-"))
-    workdir.chmod(0o755)
-    pg = EmbeddedPostgres(workdir / "pg", free_port())
-    temporal = TemporalDevServer(
-        port=free_port(), ui_port=None, db_file=workdir / "temporal.db", log_file=workdir / "t.log"
-    )
-    pg.start()
-    temporal.start()
-    await pg.wait_ready()
-    await upgrade_async(pg.url())
-    await temporal.wait_ready()
-    sink_port = free_port()
-    settings = Settings(
-        journeys_home=workdir / "home",
-        database_url=pg.url(),
-        temporal_address=temporal.address,
-        temporal_task_queue=f"fault-{uuid.uuid4().hex[:6]}",
-        smtp_url=f"smtp://127.0.0.1:{sink_port}",
-        smtp_allow_plaintext=True,
-        public_base_url="http://127.0.0.1:9",
-        _env_file=None,  # type: ignore[call-arg]
-    )
-    settings.secret_values()
-    db = Database(pg.url())
-    sink = SmtpSink(SinkHandler(db_store(db)), port=sink_port)
-    await sink.start()
-    stack = FaultStack(workdir, settings, pg, temporal, sink, db)
-    try:
-        yield stack
-    finally:
-        stack.kill_workers()
-        await sink.stop()
-        await db.dispose()
-        temporal.stop()
-        pg.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    async with throwaway_stack("fault", public_base_url="http://127.0.0.1:9") as t:
+        stack = FaultStack(t.workdir, t.settings, t.pg, t.temporal, t.sink, t.db)
+        try:
+            yield stack
+        finally:
+            stack.kill_workers()
 
 
 async def make_journey(
