@@ -6,6 +6,9 @@ fast; judging and signalling happen later, off the request path (services.tracki
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from classifier import TRAP_LINK
+from core.db import Database
 from core.models import TrackedLink, TrackingEvent, new_id
 
 # Which stored link kinds a route serves; a valid token of another kind is a 404.
@@ -45,7 +49,10 @@ async def find_link(
 
 def redirect_target(link: TrackedLink) -> str | None:
     """The stored destination, only if it is a web address (never javascript:, data:, ...)."""
-    url = link.url
+    return _safe_target(link.url)
+
+
+def _safe_target(url: str | None) -> str | None:
     if not url or not url.lower().startswith(SAFE_SCHEMES):
         return None
     if any(ch in url for ch in "\r\n"):
@@ -78,3 +85,92 @@ async def record_hit(session: AsyncSession, link: TrackedLink, hit: Hit) -> str:
     )
     await session.commit()
     return event_id
+
+
+# --- the link cache of the request path ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo:
+    """What the request path needs of a stored link (the destination stays server-side)."""
+
+    id: str
+    send_id: str
+    kind: str  # open | click | trap | unsub
+    name: str | None
+    url: str | None
+
+    @property
+    def hit_kind(self) -> str:
+        return "open" if self.kind == "open" else "click"
+
+    @property
+    def hit_link(self) -> str | None:
+        return TRAP_LINK if self.kind == "trap" else self.name
+
+    def redirect_target(self) -> str | None:
+        return _safe_target(self.url)
+
+
+_LINK_SQL = text("SELECT send_id, kind, name, url FROM tracked_link WHERE id = :id")
+
+
+class LinkCache:
+    """token link id -> LinkInfo for `ttl` seconds, one primary-key lookup on a miss.
+
+    The TTL is short so that a link deleted or changed in the database (revocation,
+    erasure) stops redirecting within a minute everywhere; `forget`/`clear` make it
+    immediate in this process. Unknown links are not cached: only an authentic token
+    (the HMAC already checked) ever costs a lookup. Bounded: the oldest entries go first.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        ttl: float = 60.0,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.db = db
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: OrderedDict[str, tuple[float, LinkInfo]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def peek(self, link_id: str) -> LinkInfo | None:
+        """The cached link if still fresh, without touching the database."""
+        entry = self._entries.get(link_id)
+        if entry is None:
+            return None
+        if entry[0] <= self.clock():
+            del self._entries[link_id]
+            return None
+        return entry[1]
+
+    async def get(self, link_id: str) -> LinkInfo | None:
+        link = self.peek(link_id)
+        if link is not None:
+            self.hits += 1
+            return link
+        self.misses += 1
+        async with self.db.engine.connect() as conn:
+            row = (await conn.execute(_LINK_SQL, {"id": link_id})).first()
+        if row is None:
+            return None
+        link = LinkInfo(link_id, row.send_id, row.kind, row.name, row.url)
+        self._entries[link_id] = (self.clock() + self.ttl, link)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return link
+
+    def forget(self, link_id: str) -> None:
+        self._entries.pop(link_id, None)
+
+    def clear(self) -> None:
+        self._entries.clear()

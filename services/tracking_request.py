@@ -131,3 +131,32 @@ def evidence_headers(
     if has_referer:
         out[REFERER_PRESENT] = "1"
     return out
+
+
+def _clean(value: str) -> str:
+    # PostgreSQL text and jsonb refuse NUL; a header carrying one is junk anyway.
+    return value.replace("\x00", "") if "\x00" in value else value
+
+
+def evidence_from_raw(
+    raw_headers: Iterable[tuple[bytes, bytes]], peer: str | None, proxies: tuple[IPNetwork, ...]
+) -> tuple[str, str, dict[str, str]]:
+    """(client ip, user agent, evidence headers) from ASGI's raw header list.
+
+    The first value of a repeated header counts (as Starlette's `Headers.get`); every
+    X-Forwarded-For header counts, in order.
+    """
+    first: dict[str, str] = {}
+    xff_values: list[str] = []
+    for raw_name, raw_value in raw_headers:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        if name == "x-forwarded-for":
+            xff_values.append(value)
+        elif name not in first:
+            first[name] = value
+    xff = forwarded_chain(xff_values)
+    ip = client_ip(peer, xff, proxies)
+    user_agent = _clean(first.get("user-agent", "")[:MAX_USER_AGENT])
+    kept = evidence_headers(first, len(xff), "referer" in first)
+    return ip, user_agent, {k: _clean(v) for k, v in kept.items()}

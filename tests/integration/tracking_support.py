@@ -16,6 +16,7 @@ from temporalio.client import Client
 from core.config import Settings
 from core.db import Database
 from core.models import Send, TrackingEvent, utcnow
+from services.tracking_buffer import flush_all
 from services.tracking_links import MessageLinks, mint_message_links, save_links
 
 CHROME = (
@@ -122,6 +123,7 @@ async def make_message(
 
 
 async def events_of(db: Database, send_id: str) -> list[TrackingEvent]:
+    await flush_all()  # hits are answered first and written in batches a moment later
     async with db.session() as s:
         q = select(TrackingEvent).where(TrackingEvent.send_id == send_id)
         return list((await s.exec(q.order_by(col(TrackingEvent.at)))).all())

@@ -1,0 +1,56 @@
+"""The tracking hit pipeline for the app's lifetime: link cache, hit buffer, lean /t/* path.
+
+A lifespan hook of its own (api.main runs every router module's `lifespan`, in name
+order, so this one starts after api.routers.tracking's judge and stops before it): on
+the way out every buffered hit is written, then the judge stops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.tracking_fastpath import TrackingEndpoints, TrackingFastPath
+from core.config import Settings
+from core.db import Database
+from services.tracking import LinkCache
+from services.tracking_buffer import HitBuffer
+from services.tracking_links import token_signer
+
+
+def _wake_judge(app: FastAPI) -> None:
+    """A judge in this process (if any) looks at the new rows at once; judges in other
+    processes hear the batch's NOTIFY."""
+    judge = getattr(app.state, "tracking_judge", None)
+    if judge is not None:
+        judge.notify()
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    db: Database = app.state.db
+    buffer = HitBuffer(db, on_commit=lambda _n: _wake_judge(app))
+    buffer.start()
+    endpoints = TrackingEndpoints(
+        settings,
+        db,
+        token_signer(settings),
+        LinkCache(db),
+        buffer=buffer,
+        on_recorded=lambda: _wake_judge(app),
+    )
+    app.state.tracking_endpoints = endpoints
+    app.state.tracking_buffer = buffer
+    inner = app.middleware_stack or app.build_middleware_stack()
+    fast = TrackingFastPath(inner, endpoints)
+    app.middleware_stack = fast
+    try:
+        yield
+    finally:
+        if app.middleware_stack is fast:
+            app.middleware_stack = inner
+        app.state.tracking_endpoints = None
+        await buffer.stop()

@@ -1,0 +1,261 @@
+"""The open pixel and click redirect as plain ASGI (SPEC sections 4 and 5).
+
+`TrackingEndpoints.respond` is the whole request: check the token's MAC, find the link
+(in-process cache, one primary-key lookup on a miss), hand the evidence to the hit
+buffer and answer. No database round-trip in the common case, and nothing the judge
+does is on this path. The FastAPI routes in api.routers.tracking call the same
+function (so OpenAPI and every behaviour stay as declared); `TrackingFastPath` answers
+/t/o/ and /t/c/ before the framework's middleware and routing, which cost more than
+the work itself at thousands of hits a second.
+
+A token names a stored link and nothing else, so the redirect target always comes from
+the database (through the cache): no part of the URL can change it. Bad tokens get a
+404 without touching the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from core.config import Settings
+from core.db import Database
+from core.models import new_id, utcnow
+from core.tokens import TokenSigner
+from services.tracking import CLICK_KINDS, OPEN_KINDS, LinkCache, LinkInfo
+from services.tracking_buffer import HitBuffer, HitRow, write_inline
+from services.tracking_request import (
+    IPNetwork,
+    TrustedProxyError,
+    evidence_from_raw,
+    parse_trusted_proxies,
+)
+
+log = logging.getLogger("journeys.tracking")
+
+Headers = list[tuple[bytes, bytes]]
+
+# A transparent 1x1 GIF89a: header, 1x1 screen with a 2-colour table, a graphic control
+# extension marking colour 0 transparent, one 1x1 image (LZW min code size 2), trailer.
+PIXEL_GIF = (
+    b"GIF89a"
+    + b"\x01\x00\x01\x00"  # width 1, height 1
+    + b"\x80\x00\x00"  # global colour table of 2 entries, background 0, aspect 0
+    + b"\x00\x00\x00\xff\xff\xff"  # black, white
+    + b"\x21\xf9\x04\x01\x00\x00\x00\x00"  # graphic control: transparent index 0
+    + b"\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00"  # image descriptor 1x1 at 0,0
+    + b"\x02\x02\x44\x01\x00"  # LZW min size 2, one 2-byte block, end of blocks
+    + b"\x3b"  # trailer
+)
+
+NO_STORE = {
+    "Cache-Control": "no-store, no-cache, must-revalidate, max-age=0, private",
+    "Pragma": "no-cache",
+    "Expires": "0",
+    # The tracking URL never travels on as a Referer, and none of this is indexed.
+    "Referrer-Policy": "no-referrer",
+    "X-Robots-Tag": "noindex, nofollow",
+}
+
+NOT_FOUND_PAGE = (
+    "<!doctype html><meta name=robots content=noindex><title>Link not found</title>"
+    "<p>This link is not valid.</p>"
+)
+UNAVAILABLE_PAGE = (
+    "<!doctype html><meta name=robots content=noindex><title>Try again</title>"
+    "<p>This link cannot be opened right now. Please try again in a moment.</p>"
+)
+
+# Starlette's quoting of a redirect URL, so both paths send the same Location.
+_LOCATION_SAFE = ":/%#?=@[]!$&'()*+,;"
+
+
+def _raw(headers: dict[str, str]) -> Headers:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+_NO_STORE_RAW = _raw(NO_STORE)
+_HTML = (b"content-type", b"text/html; charset=utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: Headers
+    body: bytes
+
+
+def _page_reply(
+    status: int, html: str, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> tuple[Reply, Reply]:
+    body = html.encode()
+    get = Reply(status, [*_NO_STORE_RAW, *extra, (b"content-length", str(len(body)).encode()), _HTML], body)
+    head = Reply(status, [*_NO_STORE_RAW, *extra, (b"content-length", b"0"), _HTML], b"")
+    return get, head
+
+
+_NOT_FOUND = _page_reply(404, NOT_FOUND_PAGE)
+_UNAVAILABLE = _page_reply(503, UNAVAILABLE_PAGE, [(b"retry-after", b"5")])
+_PIXEL_HEADERS = [
+    *_NO_STORE_RAW,
+    (b"content-length", str(len(PIXEL_GIF)).encode()),
+    (b"content-type", b"image/gif"),
+]
+_PIXEL = (Reply(200, _PIXEL_HEADERS, PIXEL_GIF), Reply(200, _PIXEL_HEADERS, b""))
+
+
+def _pick(pair: tuple[Reply, Reply], method: str) -> Reply:
+    return pair[1] if method == "HEAD" else pair[0]
+
+
+def _redirect(target: str) -> Reply:
+    location = quote(target, safe=_LOCATION_SAFE).encode("latin-1")
+    return Reply(302, [*_NO_STORE_RAW, (b"content-length", b"0"), (b"location", location)], b"")
+
+
+class TrackingEndpoints:
+    """What /t/o/{token} and /t/c/{token} do, whoever routes the request here."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        signer: TokenSigner,
+        cache: LinkCache,
+        buffer: HitBuffer | None = None,
+        on_recorded: Callable[[], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.signer = signer
+        self.cache = cache
+        self.buffer = buffer
+        self.on_recorded = on_recorded
+        try:
+            self.proxies: tuple[IPNetwork, ...] = parse_trusted_proxies(settings.trusted_proxies)
+        except TrustedProxyError:
+            self.proxies = ()  # believe no forwarded address rather than a misread one
+        self.inline_writes = 0
+
+    async def respond(
+        self,
+        route: str,
+        token: str,
+        method: str,
+        raw_headers: Iterable[tuple[bytes, bytes]],
+        peer: str | None,
+    ) -> Reply:
+        """`route` is "o" (pixel) or "c" (click); `method` GET or HEAD."""
+        if route == "o":
+            return await self._open(token, method, raw_headers, peer)
+        return await self._click(token, method, raw_headers, peer)
+
+    async def _open(
+        self, token: str, method: str, raw_headers: Iterable[tuple[bytes, bytes]], peer: str | None
+    ) -> Reply:
+        verified = self.signer.verify(token, "open", int(time.time()))
+        if verified is None:
+            return _pick(_NOT_FOUND, method)
+        try:
+            link = await self.cache.get(verified.link_id.hex())
+        except Exception as exc:
+            # The token is authentic, so the image is harmless: never break the email's
+            # rendering because the database is briefly unreachable.
+            log.error("open not recorded: %s", type(exc).__name__)
+            return _pick(_PIXEL, method)
+        if link is None or link.kind not in OPEN_KINDS:
+            return _pick(_NOT_FOUND, method)
+        if not verified.expired:
+            await self._record(link, method, raw_headers, peer)
+        return _pick(_PIXEL, method)
+
+    async def _click(
+        self, token: str, method: str, raw_headers: Iterable[tuple[bytes, bytes]], peer: str | None
+    ) -> Reply:
+        verified = self.signer.verify(token, "click", int(time.time()))
+        if verified is None:
+            return _pick(_NOT_FOUND, method)
+        try:
+            link = await self.cache.get(verified.link_id.hex())
+        except Exception as exc:
+            # Without the stored destination there is nowhere safe to send the reader.
+            log.error("click lookup failed: %s", type(exc).__name__)
+            return _pick(_UNAVAILABLE, method)
+        if link is None or link.kind not in CLICK_KINDS:
+            return _pick(_NOT_FOUND, method)
+        target = None if link.kind == "trap" else link.redirect_target()
+        if link.kind != "trap" and target is None:
+            return _pick(_NOT_FOUND, method)
+        if not verified.expired:
+            await self._record(link, method, raw_headers, peer)
+        if target is None:
+            # The hidden trap link: nobody can see or reach it, so whatever follows it is a
+            # machine. It is recorded (that is the evidence) and gets a harmless page.
+            return _pick(_NOT_FOUND, method)
+        return _redirect(target)
+
+    async def _record(
+        self,
+        link: LinkInfo,
+        method: str,
+        raw_headers: Iterable[tuple[bytes, bytes]],
+        peer: str | None,
+    ) -> None:
+        """Buffer the hit; inline when the buffer is full or absent. Never raises."""
+        ip, user_agent, headers = evidence_from_raw(raw_headers, peer, self.proxies)
+        row = HitRow(
+            id=new_id("te"),
+            send_id=link.send_id,
+            link_id=link.id,
+            kind=link.hit_kind,
+            link=link.hit_link,
+            at=utcnow(),
+            ip=ip or None,
+            user_agent=user_agent or None,
+            method=method.upper(),
+            headers=headers,
+        )
+        if self.buffer is not None and self.buffer.offer(row):
+            return
+        try:
+            await write_inline(self.db, row)
+        except Exception as exc:
+            # Answer anyway (the reader must not pay for our database); say so loudly.
+            log.error("%s not recorded: %s", row.kind, type(exc).__name__)
+            return
+        self.inline_writes += 1
+        if self.on_recorded is not None:
+            self.on_recorded()
+
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Any]
+
+_ROUTES = ("/t/o/", "/t/c/")
+
+
+class TrackingFastPath:
+    """ASGI in front of the framework: GET/HEAD under /t/o/ and /t/c/ go straight to
+    `TrackingEndpoints`; everything else (other methods get FastAPI's 405) passes on."""
+
+    def __init__(self, inner: ASGIApp, endpoints: TrackingEndpoints) -> None:
+        self.inner = inner
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            path: str = scope["path"]
+            method: str = scope["method"]
+            if path.startswith(_ROUTES) and (method == "GET" or method == "HEAD"):
+                client: Sequence[Any] | None = scope.get("client")
+                reply = await self.endpoints.respond(
+                    path[3], path[5:], method, scope["headers"], client[0] if client else None
+                )
+                await send(
+                    {"type": "http.response.start", "status": reply.status, "headers": reply.headers}
+                )
+                await send({"type": "http.response.body", "body": reply.body})
+                return
+        await self.inner(scope, receive, send)

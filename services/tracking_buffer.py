@@ -1,0 +1,285 @@
+"""Tracking hits buffered in the process and written in batches, off the request path.
+
+A pixel or click request verifies its token, takes the evidence and puts one row here;
+a background task writes what has gathered with one COPY per batch (every few
+milliseconds, or at once when `batch_rows` are waiting), then `NOTIFY tracking_hits`
+in the same transaction so a judge in any process wakes when the rows are visible.
+
+Durability trade-off (documented in README and docs/benchmarks.md): a hit is answered
+before it is written. Hits accepted in the last flush interval (a few ms) of a process
+that crashes are lost; a clean shutdown writes them all (`stop`). These rows are
+evidence for the classifier, not a ledger, so that is the same bargain as committing
+with `synchronous_commit = off`, which the batches also do.
+
+When the buffer is full (the database is slow or down) `offer` says so and the caller
+writes its row inline: a hit is never dropped silently and never costs the client a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from core.db import Database, normalize_url
+
+log = logging.getLogger("journeys.tracking.buffer")
+
+NOTIFY_CHANNEL = "tracking_hits"
+
+_COLUMNS = (
+    "id",
+    "send_id",
+    "link_id",
+    "kind",
+    "link",
+    "at",
+    "ip",
+    "user_agent",
+    "method",
+    "headers",
+    "signalled",
+)
+_COPY_SQL = f"COPY tracking_event ({', '.join(_COLUMNS)}) FROM STDIN"
+_INSERT_SQL = text(
+    f"INSERT INTO tracking_event ({', '.join(_COLUMNS)}) VALUES "
+    "(:id, :send_id, :link_id, :kind, :link, :at, :ip, :user_agent, :method, "
+    "CAST(:headers AS jsonb), false)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HitRow:
+    """One `tracking_event` row as the request saw it (no verdict: the judge's queue)."""
+
+    id: str
+    send_id: str
+    link_id: str
+    kind: str  # open | click
+    link: str | None
+    at: datetime
+    ip: str | None
+    user_agent: str | None
+    method: str
+    headers: dict[str, str]
+
+    def copy_values(self) -> tuple[Any, ...]:
+        return (
+            self.id,
+            self.send_id,
+            self.link_id,
+            self.kind,
+            self.link,
+            self.at,
+            self.ip,
+            self.user_agent,
+            self.method,
+            Jsonb(self.headers),
+            False,
+        )
+
+
+def _conninfo(db: Database) -> str:
+    """The plain libpq URL of the app's database (the engine's URL names the driver)."""
+    url = make_url(normalize_url(db.url)).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+async def write_inline(db: Database, row: HitRow) -> None:
+    """One row in its own transaction over the app's pool (the full-buffer fallback)."""
+    import json
+
+    async with db.engine.begin() as conn:
+        await conn.execute(text("SET LOCAL synchronous_commit = off"))
+        await conn.execute(
+            _INSERT_SQL,
+            dict(
+                id=row.id,
+                send_id=row.send_id,
+                link_id=row.link_id,
+                kind=row.kind,
+                link=row.link,
+                at=row.at,
+                ip=row.ip,
+                user_agent=row.user_agent,
+                method=row.method,
+                headers=json.dumps(row.headers),
+            ),
+        )
+        await conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+
+_live: weakref.WeakSet[HitBuffer] = weakref.WeakSet()
+
+
+async def flush_all(timeout: float = 10.0) -> bool:
+    """Wait until every running buffer of this process has written what it accepted
+    (tests and tools that read tracking_event right after a request use this)."""
+    results = [await b.flush(timeout) for b in list(_live)]
+    return all(results)
+
+
+class HitBuffer:
+    """A bounded in-process queue of hits with one writer task and its own connection."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        capacity: int = 20_000,
+        batch_rows: int = 2_000,
+        interval: float = 0.005,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.capacity = capacity
+        self.batch_rows = batch_rows
+        self.interval = interval
+        self.on_commit = on_commit
+        self._rows: deque[HitRow] = deque()
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._accepted = 0  # rows ever offered and taken
+        self._done = 0  # rows ever written (or given up on, see _write_one_by_one)
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.written = 0
+        self.failed = 0
+        self.batches = 0
+
+    # --- lifecycle --------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        if not self.running:
+            self._task = asyncio.create_task(self._run(), name="tracking-hit-writer")
+            _live.add(self)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Write everything accepted so far, then end the writer and close its connection."""
+        try:
+            await self.flush(timeout)
+        finally:
+            task, self._task = self._task, None
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            if self._rows:
+                log.error("tracking hits not written at shutdown: %d", len(self._rows))
+                self.failed += len(self._rows)
+                self._rows.clear()
+            await self._close()
+            _live.discard(self)
+
+    # --- the request side -------------------------------------------------
+    def offer(self, row: HitRow) -> bool:
+        """Queue a hit; False when the buffer is full (the caller writes it inline)."""
+        if len(self._rows) >= self.capacity or not self.running:
+            return False
+        self._rows.append(row)
+        self._accepted += 1
+        if not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every hit accepted before the call is written (True) or `timeout`."""
+        target = self._accepted
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._done < target and self.running:
+            self._wake.set()
+            self._progress.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._progress.wait(), timeout=left)
+            except TimeoutError:
+                return False
+        return self._done >= target
+
+    # --- the writer -------------------------------------------------------
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            if not self._rows:
+                self._wake.clear()
+                await self._wake.wait()
+            # Let a few milliseconds of hits gather, unless a whole batch is already waiting.
+            if len(self._rows) < self.batch_rows and self.interval > 0:
+                await asyncio.sleep(self.interval)
+            n = min(len(self._rows), self.batch_rows)
+            batch = [self._rows.popleft() for _ in range(n)]
+            try:
+                await self._write(batch)
+                backoff = 0.05
+            except asyncio.CancelledError:
+                self._rows.extendleft(reversed(batch))
+                raise
+            except psycopg.DataError as exc:
+                # One row the database refuses must not hold every later hit back.
+                log.error("tracking batch refused (%s); writing rows one by one", type(exc).__name__)
+                await self._write_one_by_one(batch)
+            except Exception as exc:
+                # The database is unreachable or restarting: keep the rows (the buffer is
+                # bounded, and a full buffer makes requests write inline) and try again.
+                log.error("tracking batch not written: %s", type(exc).__name__)
+                self._rows.extendleft(reversed(batch))
+                await self._close()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            self._done += n
+            self._progress.set()
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(_conninfo(self.db), autocommit=True)
+        return self._conn
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            try:
+                await conn.close()
+            except Exception:  # closing a broken connection: nothing more to do
+                pass
+
+    async def _write(self, batch: Sequence[HitRow]) -> None:
+        conn = await self._connection()
+        async with conn.transaction():
+            # Evidence, not a ledger: do not wait for the WAL flush (see the module doc).
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            async with conn.cursor() as cur:
+                async with cur.copy(_COPY_SQL) as copy:
+                    for row in batch:
+                        await copy.write_row(row.copy_values())
+            await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+        self.written += len(batch)
+        self.batches += 1
+        if self.on_commit is not None:
+            self.on_commit(len(batch))
+
+    async def _write_one_by_one(self, batch: Sequence[HitRow]) -> None:
+        for row in batch:
+            try:
+                await self._write([row])
+            except Exception as exc:
+                self.failed += 1
+                log.error("tracking hit not recorded: %s", type(exc).__name__)
