@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import lru_cache
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,14 +25,14 @@ from urllib.parse import quote
 
 from core.config import Settings
 from core.db import Database
-from core.models import new_id, utcnow
-from core.tokens import TokenSigner
-from services.tracking import CLICK_KINDS, OPEN_KINDS, LinkCache, LinkInfo
+from core.models import utcnow
+from core.tokens import TokenSigner, VerifiedToken
+from services.tracking import CLICK_KINDS, OPEN_KINDS, LinkCache, LinkInfo, safe_target
 from services.tracking_buffer import HitBuffer, HitRow, write_inline
 from services.tracking_request import (
+    EvidenceReader,
     IPNetwork,
     TrustedProxyError,
-    evidence_from_raw,
     parse_trusted_proxies,
 )
 
@@ -69,6 +70,11 @@ UNAVAILABLE_PAGE = (
     "<!doctype html><meta name=robots content=noindex><title>Try again</title>"
     "<p>This link cannot be opened right now. Please try again in a moment.</p>"
 )
+
+_MAX_VERIFIED = 50_000
+
+# The same few destinations are checked again and again (a link per template).
+_safe_target = lru_cache(maxsize=20_000)(safe_target)
 
 # Starlette's quoting of a redirect URL, so both paths send the same Location.
 _LOCATION_SAFE = ":/%#?=@[]!$&'()*+,;"
@@ -112,6 +118,7 @@ def _pick(pair: tuple[Reply, Reply], method: str) -> Reply:
     return pair[1] if method == "HEAD" else pair[0]
 
 
+@lru_cache(maxsize=20_000)
 def _redirect(target: str) -> Reply:
     location = quote(target, safe=_LOCATION_SAFE).encode("latin-1")
     return Reply(302, [*_NO_STORE_RAW, (b"content-length", b"0"), (b"location", location)], b"")
@@ -138,7 +145,12 @@ class TrackingEndpoints:
             self.proxies: tuple[IPNetwork, ...] = parse_trusted_proxies(settings.trusted_proxies)
         except TrustedProxyError:
             self.proxies = ()  # believe no forwarded address rather than a misread one
+        self.evidence = EvidenceReader(self.proxies)
         self.inline_writes = 0
+        # token -> (link id, expires_at) for authentic tokens: a pixel or link is
+        # fetched again and again (reloads, proxies, scanners), and the MAC of a given
+        # token under fixed keys never changes. Bounded; only authentic tokens enter.
+        self._verified: dict[tuple[str, str], VerifiedToken] = {}
 
     async def respond(
         self,
@@ -153,10 +165,24 @@ class TrackingEndpoints:
             return await self._open(token, method, raw_headers, peer)
         return await self._click(token, method, raw_headers, peer)
 
+    def _verify(self, token: str, purpose: str) -> VerifiedToken | None:
+        now = int(time.time())
+        known = self._verified.get((token, purpose))
+        if known is not None:
+            if now < known.expires_at:
+                return known
+            return VerifiedToken(known.link_id, True, known.expires_at)
+        verified = self.signer.verify(token, purpose, now)
+        if verified is not None:
+            if len(self._verified) >= _MAX_VERIFIED:
+                self._verified.clear()  # simple and bounded; it refills from hot tokens
+            self._verified[(token, purpose)] = verified
+        return verified
+
     async def _open(
         self, token: str, method: str, raw_headers: Iterable[tuple[bytes, bytes]], peer: str | None
     ) -> Reply:
-        verified = self.signer.verify(token, "open", int(time.time()))
+        verified = self._verify(token, "open")
         if verified is None:
             return _pick(_NOT_FOUND, method)
         try:
@@ -175,7 +201,7 @@ class TrackingEndpoints:
     async def _click(
         self, token: str, method: str, raw_headers: Iterable[tuple[bytes, bytes]], peer: str | None
     ) -> Reply:
-        verified = self.signer.verify(token, "click", int(time.time()))
+        verified = self._verify(token, "click")
         if verified is None:
             return _pick(_NOT_FOUND, method)
         try:
@@ -186,7 +212,7 @@ class TrackingEndpoints:
             return _pick(_UNAVAILABLE, method)
         if link is None or link.kind not in CLICK_KINDS:
             return _pick(_NOT_FOUND, method)
-        target = None if link.kind == "trap" else link.redirect_target()
+        target = None if link.kind == "trap" else _safe_target(link.url)
         if link.kind != "trap" and target is None:
             return _pick(_NOT_FOUND, method)
         if not verified.expired:
@@ -205,9 +231,8 @@ class TrackingEndpoints:
         peer: str | None,
     ) -> None:
         """Buffer the hit; inline when the buffer is full or absent. Never raises."""
-        ip, user_agent, headers = evidence_from_raw(raw_headers, peer, self.proxies)
+        ip, user_agent, headers = self.evidence.read(raw_headers, peer)
         row = HitRow(
-            id=new_id("te"),
             send_id=link.send_id,
             link_id=link.id,
             kind=link.hit_kind,
@@ -233,7 +258,7 @@ class TrackingEndpoints:
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Any]
 
-_ROUTES = ("/t/o/", "/t/c/")
+TRACKING_PREFIXES = ("/t/o/", "/t/c/")
 
 
 class TrackingFastPath:
@@ -244,18 +269,22 @@ class TrackingFastPath:
         self.inner = inner
         self.endpoints = endpoints
 
+    async def handle(self, scope: dict[str, Any], send: Any) -> bool:
+        """Answer the request if it is a tracking GET/HEAD (True), else leave it (False)."""
+        if scope["type"] != "http" or scope.get("root_path"):
+            return False
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if not path.startswith(TRACKING_PREFIXES) or (method != "GET" and method != "HEAD"):
+            return False
+        client: Sequence[Any] | None = scope.get("client")
+        reply = await self.endpoints.respond(
+            path[3], path[5:], method, scope["headers"], client[0] if client else None
+        )
+        await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+        await send({"type": "http.response.body", "body": reply.body})
+        return True
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not scope.get("root_path"):
-            path: str = scope["path"]
-            method: str = scope["method"]
-            if path.startswith(_ROUTES) and (method == "GET" or method == "HEAD"):
-                client: Sequence[Any] | None = scope.get("client")
-                reply = await self.endpoints.respond(
-                    path[3], path[5:], method, scope["headers"], client[0] if client else None
-                )
-                await send(
-                    {"type": "http.response.start", "status": reply.status, "headers": reply.headers}
-                )
-                await send({"type": "http.response.body", "body": reply.body})
-                return
-        await self.inner(scope, receive, send)
+        if not await self.handle(scope, send):
+            await self.inner(scope, receive, send)

@@ -76,7 +76,7 @@ def api(
     except PreflightError as exc:
         _fail(str(exc))
     uvicorn.run(
-        "api.main:app_factory",
+        "api.serve:app_factory",  # the app, with /t/* answered ahead of the framework
         factory=True,
         host=host or settings.api_host,
         port=port or settings.api_port,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
 import hmac
 import secrets
 import struct
@@ -70,7 +69,8 @@ class TokenSigner:
         return purpose.encode("ascii")
 
     def _mac(self, key: bytes, header: bytes, purpose: bytes) -> bytes:
-        return hmac.new(key, header + purpose, hashlib.sha256).digest()[:MAC_SIZE]
+        # hmac.digest is the one-shot (OpenSSL) form: same MAC, a fraction of the cost.
+        return hmac.digest(key, header + purpose, "sha256")[:MAC_SIZE]
 
     def make(self, link_id: bytes, expires_at: int, purpose: str) -> str:
         """Token for `link_id` valid until `expires_at` (unix seconds)."""

@@ -6,11 +6,16 @@ fast; judging and signalling happen later, off the request path (services.tracki
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+
+import psycopg
 
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
@@ -19,6 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from classifier import TRAP_LINK
 from core.db import Database
 from core.models import TrackedLink, TrackingEvent, new_id
+from services.tracking_buffer import libpq_url
 
 # Which stored link kinds a route serves; a valid token of another kind is a 404.
 OPEN_KINDS = frozenset({"open"})
@@ -49,10 +55,11 @@ async def find_link(
 
 def redirect_target(link: TrackedLink) -> str | None:
     """The stored destination, only if it is a web address (never javascript:, data:, ...)."""
-    return _safe_target(link.url)
+    return safe_target(link.url)
 
 
-def _safe_target(url: str | None) -> str | None:
+def safe_target(url: str | None) -> str | None:
+    """`url` if it is a web address fit for a Location header, else None."""
     if not url or not url.lower().startswith(SAFE_SCHEMES):
         return None
     if any(ch in url for ch in "\r\n"):
@@ -109,19 +116,23 @@ class LinkInfo:
         return TRAP_LINK if self.kind == "trap" else self.name
 
     def redirect_target(self) -> str | None:
-        return _safe_target(self.url)
+        return safe_target(self.url)
 
 
-_LINK_SQL = text("SELECT send_id, kind, name, url FROM tracked_link WHERE id = :id")
+_LINKS_SQL = "SELECT id, send_id, kind, name, url FROM tracked_link WHERE id = ANY(%s)"
 
 
 class LinkCache:
-    """token link id -> LinkInfo for `ttl` seconds, one primary-key lookup on a miss.
+    """token link id -> LinkInfo for `ttl` seconds; misses are looked up in batches.
 
     The TTL is short so that a link deleted or changed in the database (revocation,
     erasure) stops redirecting within a minute everywhere; `forget`/`clear` make it
     immediate in this process. Unknown links are not cached: only an authentic token
     (the HMAC already checked) ever costs a lookup. Bounded: the oldest entries go first.
+
+    Misses share one connection: the ids that miss while a lookup is in flight wait
+    for the next one, a single `id = ANY(...)` query, so a burst of never-seen links
+    costs a few round-trips rather than one pooled checkout each.
     """
 
     def __init__(
@@ -130,15 +141,21 @@ class LinkCache:
         *,
         ttl: float = 60.0,
         max_entries: int = 100_000,
+        max_batch: int = 500,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
         self.ttl = ttl
         self.max_entries = max_entries
+        self.max_batch = max_batch
         self.clock = clock
         self._entries: OrderedDict[str, tuple[float, LinkInfo]] = OrderedDict()
+        self._waiting: dict[str, asyncio.Future[LinkInfo | None]] = {}
+        self._loader: asyncio.Task[None] | None = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None
         self.hits = 0
         self.misses = 0
+        self.lookups = 0  # queries sent
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -159,18 +176,57 @@ class LinkCache:
             self.hits += 1
             return link
         self.misses += 1
-        async with self.db.engine.connect() as conn:
-            row = (await conn.execute(_LINK_SQL, {"id": link_id})).first()
-        if row is None:
-            return None
-        link = LinkInfo(link_id, row.send_id, row.kind, row.name, row.url)
-        self._entries[link_id] = (self.clock() + self.ttl, link)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        return link
+        future = self._waiting.get(link_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._waiting[link_id] = future
+            if self._loader is None or self._loader.done():
+                self._loader = asyncio.create_task(self._load(), name="tracking-link-lookup")
+        # shield: one caller giving up must not cancel the others' shared lookup
+        return await asyncio.shield(future)
+
+    async def _load(self) -> None:
+        while self._waiting:
+            ids = list(itertools.islice(self._waiting, self.max_batch))
+            futures = [self._waiting.pop(i) for i in ids]
+            try:
+                found = await self._query(ids)
+            except Exception as exc:
+                await self.close()  # a fresh connection next time
+                for f in futures:
+                    if not f.done():
+                        f.set_exception(exc)
+                        f.exception()  # retrieved: nobody may be waiting any more
+                continue
+            expires = self.clock() + self.ttl
+            for link_id, f in zip(ids, futures, strict=True):
+                link = found.get(link_id)
+                if link is not None:
+                    self._entries[link_id] = (expires, link)
+                if not f.done():
+                    f.set_result(link)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    async def _query(self, ids: list[str]) -> dict[str, LinkInfo]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                libpq_url(self.db), autocommit=True
+            )
+        self.lookups += 1
+        cur = await self._conn.execute(_LINKS_SQL, (ids,), prepare=True)
+        return {r[0]: LinkInfo(*r) for r in await cur.fetchall()}
 
     def forget(self, link_id: str) -> None:
         self._entries.pop(link_id, None)
 
     def clear(self) -> None:
         self._entries.clear()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            try:
+                await conn.close()
+            except Exception:  # closing a broken connection: nothing more to do
+                pass

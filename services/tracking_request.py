@@ -138,25 +138,60 @@ def _clean(value: str) -> str:
     return value.replace("\x00", "") if "\x00" in value else value
 
 
-def evidence_from_raw(
-    raw_headers: Iterable[tuple[bytes, bytes]], peer: str | None, proxies: tuple[IPNetwork, ...]
-) -> tuple[str, str, dict[str, str]]:
-    """(client ip, user agent, evidence headers) from ASGI's raw header list.
+_KEPT_RAW = frozenset(name.encode() for name in KEPT_HEADERS)
+_MAX_CACHED_IPS = 10_000
 
-    The first value of a repeated header counts (as Starlette's `Headers.get`); every
-    X-Forwarded-For header counts, in order.
+
+class EvidenceReader:
+    """`client_ip` + `evidence_headers` over ASGI's raw header list, for the request path.
+
+    Same result as the two functions on a Starlette `Headers` (the first value of a
+    repeated header counts; every X-Forwarded-For header counts, in order), but only
+    the headers that matter are decoded, and the client address of a (peer, chain)
+    seen before is not parsed again: proxies and busy clients send many hits.
     """
-    first: dict[str, str] = {}
-    xff_values: list[str] = []
-    for raw_name, raw_value in raw_headers:
-        name = raw_name.decode("latin-1").lower()
-        value = raw_value.decode("latin-1")
-        if name == "x-forwarded-for":
-            xff_values.append(value)
-        elif name not in first:
-            first[name] = value
-    xff = forwarded_chain(xff_values)
-    ip = client_ip(peer, xff, proxies)
-    user_agent = _clean(first.get("user-agent", "")[:MAX_USER_AGENT])
-    kept = evidence_headers(first, len(xff), "referer" in first)
-    return ip, user_agent, {k: _clean(v) for k, v in kept.items()}
+
+    def __init__(self, proxies: tuple[IPNetwork, ...]) -> None:
+        self.proxies = proxies
+        self._ips: dict[tuple[str | None, tuple[str, ...]], str] = {}
+
+    def client_ip(self, peer: str | None, xff: tuple[str, ...]) -> str:
+        key = (peer, xff)
+        ip = self._ips.get(key)
+        if ip is None:
+            ip = client_ip(peer, list(xff), self.proxies)
+            if len(self._ips) >= _MAX_CACHED_IPS:
+                self._ips.clear()
+            self._ips[key] = ip
+        return ip
+
+    def read(
+        self, raw_headers: Iterable[tuple[bytes, bytes]], peer: str | None
+    ) -> tuple[str, str, dict[str, str]]:
+        """(client ip, user agent, evidence headers)."""
+        kept: dict[str, str] = {}
+        user_agent: bytes | None = None
+        xff_values: list[str] = []
+        referer = False
+        for raw_name, raw_value in raw_headers:
+            name = raw_name.lower()
+            if name in _KEPT_RAW:
+                key = name.decode("latin-1")
+                if key not in kept:
+                    kept[key] = _clean(raw_value[:MAX_HEADER_VALUE].decode("latin-1"))
+            elif name == b"user-agent":
+                if user_agent is None:
+                    user_agent = raw_value[:MAX_USER_AGENT]
+            elif name == b"x-forwarded-for":
+                xff_values.append(raw_value.decode("latin-1"))
+            elif name == b"referer":
+                referer = True
+        if "accept" not in kept:
+            kept["accept"] = ""
+        xff = tuple(forwarded_chain(xff_values)) if xff_values else ()
+        if xff:
+            kept[XFF_HOPS] = str(len(xff))
+        if referer:
+            kept[REFERER_PRESENT] = "1"
+        ua = _clean(user_agent.decode("latin-1")) if user_agent else ""
+        return self.client_ip(peer, xff), ua, kept

@@ -47,10 +47,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     inner = app.middleware_stack or app.build_middleware_stack()
     fast = TrackingFastPath(inner, endpoints)
     app.middleware_stack = fast
+    app.state.tracking_fastpath = fast  # api.serve.Front calls it directly
     try:
         yield
     finally:
         if app.middleware_stack is fast:
             app.middleware_stack = inner
-        app.state.tracking_endpoints = None
+        app.state.tracking_endpoints = app.state.tracking_fastpath = None
         await buffer.stop()
+        await endpoints.cache.close()

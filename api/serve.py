@@ -1,0 +1,33 @@
+"""What uvicorn serves (`journeys api`): the FastAPI app behind a thin front for /t/*.
+
+Tracking pixels and click redirects are the product's hottest URLs, so GET/HEAD under
+/t/o/ and /t/c/ go straight to the tracking fast path (api.routers.tracking_pipeline
+installs it at start-up) without passing through FastAPI's and Starlette's __call__;
+everything else, and everything before start-up completes, is the FastAPI app as is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from api.main import create_app
+from api.tracking_fastpath import TRACKING_PREFIXES, TrackingFastPath
+
+
+class Front:
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(TRACKING_PREFIXES):
+            fast: TrackingFastPath | None = getattr(self.app.state, "tracking_fastpath", None)
+            if fast is not None and await fast.handle(scope, send):
+                return
+        await self.app(scope, receive, send)
+
+
+def app_factory() -> Front:
+    """For `uvicorn --factory api.serve:app_factory`."""
+    return Front(create_app())
