@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import lru_cache
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 

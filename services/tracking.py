@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel.ext.asyncio.session import AsyncSession

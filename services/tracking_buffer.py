@@ -1,12 +1,14 @@
 """Tracking hits buffered in the process and written in batches, off the request path.
 
 A pixel or click request verifies its token, takes the evidence and puts one row here;
-a background task writes what has gathered with one COPY per batch (every few
-milliseconds, or at once when `batch_rows` are waiting), then `NOTIFY tracking_hits`
-in the same transaction so a judge in any process wakes when the rows are visible.
+a background task writes what has gathered with one COPY per batch (`interval`, 20 ms,
+after the first waiting hit, or at once when `batch_rows` are waiting), then `NOTIFY
+tracking_hits` in the same transaction, so a judge in any process wakes when the rows
+are visible. Batches, not rows, cost the CPU (each round-trip costs more than formatting
+dozens of rows), so the interval is what keeps a busy process's cost per hit low.
 
 Durability trade-off (documented in README and docs/benchmarks.md): a hit is answered
-before it is written. Hits accepted in the last flush interval (a few ms) of a process
+before it is written. Hits accepted in the last flush interval (~20 ms) of a process
 that crashes are lost; a clean shutdown writes them all (`stop`). These rows are
 evidence for the classifier, not a ledger, so that is the same bargain as committing
 with `synchronous_commit = off`, which the batches also do.
@@ -161,7 +163,7 @@ class HitBuffer:
         *,
         capacity: int = 20_000,
         batch_rows: int = 2_000,
-        interval: float = 0.005,
+        interval: float = 0.02,
         on_commit: Callable[[int], None] | None = None,
     ) -> None:
         self.db = db
@@ -273,7 +275,11 @@ class HitBuffer:
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(libpq_url(self.db), autocommit=True)
+            conn = await psycopg.AsyncConnection.connect(libpq_url(self.db), autocommit=True)
+            # Evidence, not a ledger: do not wait for the WAL flush (see the module doc).
+            # The connection is this writer's alone, so the session setting is enough.
+            await conn.execute("SET synchronous_commit = off")
+            self._conn = conn
         return self._conn
 
     async def _close(self) -> None:
@@ -286,13 +292,22 @@ class HitBuffer:
 
     async def _write(self, batch: Sequence[HitRow]) -> None:
         conn = await self._connection()
-        async with conn.transaction():
-            # Evidence, not a ledger: do not wait for the WAL flush (see the module doc).
-            await conn.execute("SET LOCAL synchronous_commit = off")
-            async with conn.cursor() as cur:
+        # Three round-trips a batch (each costs more CPU than formatting 20 rows):
+        # BEGIN, the COPY, then NOTIFY and COMMIT together; the notification is
+        # delivered at commit, when the rows are visible to the judge it wakes.
+        async with conn.cursor() as cur:
+            await cur.execute("BEGIN")
+            try:
                 async with cur.copy(_COPY_SQL) as copy:
                     await copy.write("".join(_copy_lines(batch)))
-            await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+                await cur.execute(f"NOTIFY {NOTIFY_CHANNEL}; COMMIT")
+            except BaseException:
+                if not conn.closed and not conn.broken:
+                    try:
+                        await cur.execute("ROLLBACK")
+                    except Exception:  # the caller drops this connection anyway
+                        await self._close()
+                raise
         self.written += len(batch)
         self.batches += 1
         if self.on_commit is not None:
