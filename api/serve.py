@@ -8,9 +8,8 @@ everything else, and everything before start-up completes, is the FastAPI app as
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from api.main import create_app
 from api.tracking_fastpath import TRACKING_PREFIXES, TrackingFastPath
@@ -20,7 +19,7 @@ class Front:
     def __init__(self, app: FastAPI) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(TRACKING_PREFIXES):
             fast: TrackingFastPath | None = getattr(self.app.state, "tracking_fastpath", None)
             if fast is not None and await fast.handle(scope, send):

@@ -23,6 +23,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from core.config import Settings
 from core.db import Database
 from core.models import utcnow
@@ -256,7 +258,6 @@ class TrackingEndpoints:
             self.on_recorded()
 
 
-ASGIApp = Callable[[dict[str, Any], Any, Any], Any]
 
 TRACKING_PREFIXES = ("/t/o/", "/t/c/")
 
@@ -269,7 +270,7 @@ class TrackingFastPath:
         self.inner = inner
         self.endpoints = endpoints
 
-    async def handle(self, scope: dict[str, Any], send: Any) -> bool:
+    async def handle(self, scope: Scope, send: Send) -> bool:
         """Answer the request if it is a tracking GET/HEAD (True), else leave it (False)."""
         if scope["type"] != "http" or scope.get("root_path"):
             return False
@@ -285,6 +286,6 @@ class TrackingFastPath:
         await send({"type": "http.response.body", "body": reply.body})
         return True
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not await self.handle(scope, send):
             await self.inner(scope, receive, send)

@@ -265,6 +265,7 @@ async def main() -> None:
             await closed_loop(bare_port, paths, 8, 1.0, bare_tally)
             rps_bare, rps_ours = [], []
             cpu_bare, cpu_ours, cpu_pg = [], [], []
+            assert stack.pg.proc is not None
             pg = stack.pg.proc.pid
             for _ in range(args.repeat):
                 r, (c,) = await measured([bare.pid], bare_port, paths, args.connections, args.seconds, bare_tally)

@@ -174,6 +174,7 @@ class HitBuffer:
         self._rows: deque[HitRow] = deque()
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
+        self._urgent = asyncio.Event()  # write now: a flush waits, or a batch is full
         self._accepted = 0  # rows ever offered and taken
         self._done = 0  # rows ever written (or given up on, see _write_one_by_one)
         self._conn: psycopg.AsyncConnection[Any] | None = None
@@ -217,6 +218,8 @@ class HitBuffer:
         self._accepted += 1
         if not self._wake.is_set():
             self._wake.set()
+        if len(self._rows) >= self.batch_rows and not self._urgent.is_set():
+            self._urgent.set()
         return True
 
     def __len__(self) -> int:
@@ -229,6 +232,7 @@ class HitBuffer:
         deadline = loop.time() + timeout
         while self._done < target and self.running:
             self._wake.set()
+            self._urgent.set()
             self._progress.clear()
             left = deadline - loop.time()
             if left <= 0:
@@ -246,9 +250,12 @@ class HitBuffer:
             if not self._rows:
                 self._wake.clear()
                 await self._wake.wait()
-            # Let a few milliseconds of hits gather, unless a whole batch is already waiting.
-            if len(self._rows) < self.batch_rows and self.interval > 0:
-                await asyncio.sleep(self.interval)
+            # Let `interval` of hits gather, unless a batch is waiting or a flush is asked.
+            if not self._urgent.is_set() and len(self._rows) < self.batch_rows:
+                try:
+                    await asyncio.wait_for(self._urgent.wait(), timeout=self.interval)
+                except TimeoutError:
+                    pass
             n = min(len(self._rows), self.batch_rows)
             batch = [self._rows.popleft() for _ in range(n)]
             try:
@@ -272,6 +279,8 @@ class HitBuffer:
                 continue
             self._done += n
             self._progress.set()
+            if not self._rows:
+                self._urgent.clear()
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:

@@ -1,0 +1,93 @@
+"""The lean tracking path's pieces: replies byte-for-byte as Starlette's responses,
+evidence as the Starlette-based functions read it, COPY lines and event ids."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from starlette.datastructures import Headers
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from api.tracking_fastpath import (
+    _NOT_FOUND,
+    _PIXEL,
+    NO_STORE,
+    NOT_FOUND_PAGE,
+    PIXEL_GIF,
+    _redirect,
+)
+from services.tracking_buffer import new_event_ids
+from services.tracking_request import (
+    MAX_USER_AGENT,
+    EvidenceReader,
+    client_ip,
+    evidence_headers,
+    forwarded_chain,
+    parse_trusted_proxies,
+)
+
+
+def test_replies_are_what_starlette_would_send() -> None:
+    page = HTMLResponse(NOT_FOUND_PAGE, status_code=404, headers=NO_STORE)
+    assert (_NOT_FOUND[0].status, _NOT_FOUND[0].headers, _NOT_FOUND[0].body) == (
+        404,
+        page.raw_headers,
+        page.body,
+    )
+    head = HTMLResponse("", status_code=404, headers=NO_STORE)
+    assert (_NOT_FOUND[1].headers, _NOT_FOUND[1].body) == (head.raw_headers, b"")
+    pixel = Response(
+        PIXEL_GIF, media_type="image/gif", headers=dict(NO_STORE, **{"Content-Length": str(len(PIXEL_GIF))})
+    )
+    assert (_PIXEL[0].headers, _PIXEL[0].body) == (pixel.raw_headers, PIXEL_GIF)
+    assert (_PIXEL[1].headers, _PIXEL[1].body) == (pixel.raw_headers, b"")
+    for url in (
+        "https://portal.example.org/book?visit=follow-up&utm_source=email",
+        "https://example.org/ü path/?q=a b#frag",
+    ):
+        redirect = RedirectResponse(url, status_code=302, headers=NO_STORE)
+        assert (_redirect(url).status, _redirect(url).headers) == (302, redirect.raw_headers)
+
+
+PROXIES = parse_trusted_proxies("127.0.0.0/8, 10.0.0.0/8")
+_names = st.sampled_from(
+    ["user-agent", "accept", "Accept", "x-forwarded-for", "X-Forwarded-For", "referer",
+     "sec-fetch-mode", "via", "cookie", "authorization", "accept-language", "host"]
+)  # fmt: skip
+_values = st.one_of(
+    st.sampled_from(["73.1.2.3", "10.0.0.7, 73.1.2.3", "junk", "", "[::1]:80", "6.6.6.6,"]),
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=1200),
+)
+
+
+@given(
+    headers=st.lists(st.tuples(_names, _values), max_size=8),
+    peer=st.sampled_from(["127.0.0.1", "10.1.2.3", "203.0.113.9", "::1", None]),
+)
+def test_evidence_reader_reads_as_the_starlette_functions(
+    headers: list[tuple[str, str]], peer: str | None
+) -> None:
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    starlette = Headers(raw=[(k.lower(), v) for k, v in raw])
+    xff = forwarded_chain(starlette.getlist("x-forwarded-for"))
+    expected = (
+        client_ip(peer, xff, PROXIES),
+        starlette.get("user-agent", "")[:MAX_USER_AGENT],
+        evidence_headers(starlette, len(xff), "referer" in starlette),
+    )
+    reader = EvidenceReader(PROXIES)
+    assert reader.read(raw, peer) == expected
+    assert reader.read(raw, peer) == expected  # and again, from its address cache
+
+
+def test_nul_never_reaches_the_database() -> None:
+    ip, ua, kept = EvidenceReader(()).read(
+        [(b"user-agent", b"a\x00b"), (b"accept", b"x\x00")], "198.51.100.1"
+    )
+    assert (ip, ua, kept["accept"]) == ("198.51.100.1", "ab", "x")
+
+
+def test_event_ids_look_like_new_id() -> None:
+    ids = new_event_ids(1000)
+    assert len(set(ids)) == 1000
+    assert all(i.startswith("te_") and len(i) == 23 and int(i[3:], 16) >= 0 for i in ids)
