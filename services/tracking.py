@@ -1,7 +1,9 @@
-"""The request side of tracking: find the link a token names and record the hit.
+"""The request side of tracking: the links tokens name, and recording a hit.
 
-Kept to one primary-key lookup and one insert so the pixel and the redirect answer
-fast; judging and signalling happen later, off the request path (services.tracking_judge).
+The pixel and the redirect find their link in `LinkCache` (no database round-trip
+once a link has been seen) and hand the hit to services.tracking_buffer, which writes
+in batches; judging and signalling happen later, off the request path
+(services.tracking_judge). `record_hit` writes one hit directly (tests and tools).
 """
 
 from __future__ import annotations
