@@ -101,7 +101,9 @@ def _page_reply(
     status: int, html: str, extra: Sequence[tuple[bytes, bytes]] = ()
 ) -> tuple[Reply, Reply]:
     body = html.encode()
-    get = Reply(status, [*_NO_STORE_RAW, *extra, (b"content-length", str(len(body)).encode()), _HTML], body)
+    get = Reply(
+        status, [*_NO_STORE_RAW, *extra, (b"content-length", str(len(body)).encode()), _HTML], body
+    )
     head = Reply(status, [*_NO_STORE_RAW, *extra, (b"content-length", b"0"), _HTML], b"")
     return get, head
 
@@ -258,7 +260,6 @@ class TrackingEndpoints:
             self.on_recorded()
 
 
-
 TRACKING_PREFIXES = ("/t/o/", "/t/c/")
 
 
@@ -282,7 +283,9 @@ class TrackingFastPath:
         reply = await self.endpoints.respond(
             path[3], path[5:], method, scope["headers"], client[0] if client else None
         )
-        await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+        await send(
+            {"type": "http.response.start", "status": reply.status, "headers": reply.headers}
+        )
         await send({"type": "http.response.body", "body": reply.body})
         return True
 

@@ -14,8 +14,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         {
             "type": "http.response.start",
             "status": 200,
-            "headers": [(b"content-type", b"image/gif"), (b"cache-control", b"no-store"),
-                            (b"content-length", str(len(BODY)).encode())],
+            "headers": [
+                (b"content-type", b"image/gif"),
+                (b"cache-control", b"no-store"),
+                (b"content-length", str(len(BODY)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": BODY})

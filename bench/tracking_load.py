@@ -188,7 +188,12 @@ def tree_cpu(pid: int) -> float:
 
 
 async def measured(
-    pids: list[int], port: int, paths: list[str], conns: int, seconds: float, tally: Tally,
+    pids: list[int],
+    port: int,
+    paths: list[str],
+    conns: int,
+    seconds: float,
+    tally: Tally,
     once: bool = False,
 ) -> tuple[float, list[float]]:
     """(requests/s, CPU microseconds per request of each of `pids`' process trees).
@@ -268,7 +273,9 @@ async def main() -> None:
             assert stack.pg.proc is not None
             pg = stack.pg.proc.pid
             for _ in range(args.repeat):
-                r, (c,) = await measured([bare.pid], bare_port, paths, args.connections, args.seconds, bare_tally)
+                r, (c,) = await measured(
+                    [bare.pid], bare_port, paths, args.connections, args.seconds, bare_tally
+                )
                 rps_bare.append(r)
                 cpu_bare.append(c)
                 r, (c, c_pg) = await measured(
@@ -293,7 +300,9 @@ async def main() -> None:
                 await closed_loop(ours_port, paths, 8, 1.0, ours_tally)
                 for _ in range(args.repeat):
                     rps_two.append(
-                        await closed_loop(ours_port, paths, args.connections, args.seconds, ours_tally)
+                        await closed_loop(
+                            ours_port, paths, args.connections, args.seconds, ours_tally
+                        )
                     )
             finally:
                 stop(two)
@@ -301,7 +310,9 @@ async def main() -> None:
             rows = (await conn.execute(text("SELECT count(*) FROM tracking_event"))).scalar_one()
     ms = 1000
     med_bare, med_ours = statistics.median(rps_bare), statistics.median(rps_ours)
-    print(f"judge in the API process: {'no' if judge_off else 'YES (no TRACKING_JUDGE_IN_API yet)'}")
+    print(
+        f"judge in the API process: {'no' if judge_off else 'YES (no TRACKING_JUDGE_IN_API yet)'}"
+    )
     print(
         f"closed loop, {args.connections} connections, {args.seconds:.0f}s x {args.repeat}"
         " (median), warm link cache:"

@@ -25,7 +25,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from classifier import TRAP_LINK
 from core.db import Database
 from core.models import TrackedLink, TrackingEvent, new_id
-from services.tracking_buffer import libpq_url
+from services.tracking_buffer import CONNECT_TIMEOUT, libpq_url
 
 # Which stored link kinds a route serves; a valid token of another kind is a 404.
 OPEN_KINDS = frozenset({"open"})
@@ -212,7 +212,7 @@ class LinkCache:
     async def _query(self, ids: list[str]) -> dict[str, LinkInfo]:
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(
-                libpq_url(self.db), autocommit=True
+                libpq_url(self.db), autocommit=True, connect_timeout=CONNECT_TIMEOUT
             )
         self.lookups += 1
         cur = await self._conn.execute(_LINKS_SQL, (ids,), prepare=True)

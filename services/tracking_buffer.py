@@ -37,7 +37,8 @@ from core.db import Database, normalize_url
 
 log = logging.getLogger("journeys.tracking.buffer")
 
-NOTIFY_CHANNEL = "tracking_hits"
+NOTIFY_CHANNEL = "tracking_hits"  # payload: the number of rows in the batch
+CONNECT_TIMEOUT = 5  # seconds; an unreachable database must not hold hits for minutes
 
 # One statement writes a batch and notifies: the rows travel as one JSON array of
 # arrays (json.dumps is C; per-field adaptation or COPY's three round-trips cost the
@@ -235,7 +236,9 @@ class HitBuffer:
                 raise
             except psycopg.DataError as exc:
                 # One row the database refuses must not hold every later hit back.
-                log.error("tracking batch refused (%s); writing rows one by one", type(exc).__name__)
+                log.error(
+                    "tracking batch refused (%s); writing rows one by one", type(exc).__name__
+                )
                 await self._write_one_by_one(batch)
             except Exception as exc:
                 # The database is unreachable or restarting: keep the rows (the buffer is
@@ -253,7 +256,9 @@ class HitBuffer:
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
-            conn = await psycopg.AsyncConnection.connect(libpq_url(self.db), autocommit=True)
+            conn = await psycopg.AsyncConnection.connect(
+                libpq_url(self.db), autocommit=True, connect_timeout=CONNECT_TIMEOUT
+            )
             # Evidence, not a ledger: do not wait for the WAL flush (see the module doc).
             # The connection is this writer's alone, so the session setting is enough.
             await conn.execute("SET synchronous_commit = off")

@@ -71,7 +71,9 @@ async def test_buffered_hits_are_written_in_batches_with_a_notify(db: Database) 
     async with db.engine.connect() as conn:
         row = (
             await conn.execute(
-                text("SELECT id, user_agent, headers, verdict FROM tracking_event WHERE send_id = :s LIMIT 1"),
+                text(
+                    "SELECT id, user_agent, headers, verdict FROM tracking_event WHERE send_id = :s LIMIT 1"
+                ),
                 {"s": send_id},
             )
         ).one()

@@ -37,7 +37,9 @@ def test_replies_are_what_starlette_would_send() -> None:
     head = HTMLResponse("", status_code=404, headers=NO_STORE)
     assert (_NOT_FOUND[1].headers, _NOT_FOUND[1].body) == (head.raw_headers, b"")
     pixel = Response(
-        PIXEL_GIF, media_type="image/gif", headers=dict(NO_STORE, **{"Content-Length": str(len(PIXEL_GIF))})
+        PIXEL_GIF,
+        media_type="image/gif",
+        headers=dict(NO_STORE, **{"Content-Length": str(len(PIXEL_GIF))}),
     )
     assert (_PIXEL[0].headers, _PIXEL[0].body) == (pixel.raw_headers, PIXEL_GIF)
     assert (_PIXEL[1].headers, _PIXEL[1].body) == (pixel.raw_headers, b"")
