@@ -90,7 +90,7 @@ async def make_urls(stack: BenchStack, base: str, messages: int, tag: str) -> li
             paths.append(links.pixel_url or "")
             paths.append(links.link_url("book", "https://example.org/book"))
             await save_links(s, links)
-        await s.execute(insert(Send), rows)
+        await (await s.connection()).execute(insert(Send), rows)
         await s.commit()
     return [p.removeprefix(base) for p in paths]
 
