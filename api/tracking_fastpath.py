@@ -15,6 +15,7 @@ the database (through the cache): no part of the URL can change it. Bad tokens g
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -74,6 +75,7 @@ UNAVAILABLE_PAGE = (
 )
 
 _MAX_VERIFIED = 50_000
+INLINE_WRITE_TIMEOUT = 3.0  # seconds
 
 # The same few destinations are checked again and again (a link per template).
 _safe_target = lru_cache(maxsize=20_000)(safe_target)
@@ -250,7 +252,8 @@ class TrackingEndpoints:
         if self.buffer is not None and self.buffer.offer(row):
             return
         try:
-            await write_inline(self.db, row)
+            # Bounded: a database that hangs must not hold the reader's request with it.
+            await asyncio.wait_for(write_inline(self.db, row), timeout=INLINE_WRITE_TIMEOUT)
         except Exception as exc:
             # Answer anyway (the reader must not pay for our database); say so loudly.
             log.error("%s not recorded: %s", row.kind, type(exc).__name__)
