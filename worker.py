@@ -41,7 +41,7 @@ def activities(db: Database, settings: Settings) -> list[Any]:
     sending = SendActivities(db, settings, transport)
     segments = SegmentActivities(db, settings)
     entry = EntryActivities(db, settings)
-    lookups = LookupActivities(db)
+    lookups = LookupActivities(db, settings)
     updates = ContactUpdateActivities(db, settings)
     chaining = ChainingActivities(db, settings)
     return [
