@@ -308,7 +308,7 @@ class Event(SQLModel, table=True):
     )
     # Undelivered (Temporal unreachable): how often delivery was tried and when the
     # redelivery sweep tries next (NULL: received_at plus a short grace).
-    dispatch_attempts: int = 0
+    dispatch_attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     dispatch_due_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 

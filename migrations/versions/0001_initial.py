@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 17:16:43.755867
+Create Date: 2026-11-22 17:34:55.420669
 """
 from collections.abc import Sequence
 
@@ -79,7 +79,7 @@ def upgrade() -> None:
     sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('dispatched_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('dispatch_result', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
-    sa.Column('dispatch_attempts', sa.Integer(), nullable=False),
+    sa.Column('dispatch_attempts', sa.Integer(), server_default='0', nullable=False),
     sa.Column('dispatch_due_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('idempotency_key')
