@@ -15,7 +15,7 @@ from sqlmodel import col, select
 
 from core.db import Database
 from core.models import OutboxMessage, Send, TrackedLink
-from tests.helpers import eventually
+from tests.journey_support import until
 from tests.security_helpers import enroll, grant_consent, send_wait_send_journey
 
 
@@ -51,7 +51,7 @@ async def test_erasure_tombstones_link_destinations(api: httpx.AsyncClient, db: 
             ).first()
         return m.raw if m is not None else None
 
-    path = _click_path(await eventually(delivered, timeout=20))
+    path = _click_path(await until(delivered, timeout=20))
     before = await api.get(path, follow_redirects=False)
     assert before.status_code == 302 and before.headers["location"] == destination
 

@@ -21,6 +21,7 @@ from tests.journey_support import (
     make_contact,
     make_template,
     publish,
+    until,
     waiting,
 )
 
@@ -100,7 +101,7 @@ async def test_cap_of_one_with_defer_sends_once_and_defers_the_other(
         done = [(x.contact_id, x.journey_key) for x in sends if x.status == "sent"]
         return done if len(done) >= len(cids) else None
 
-    sent = await eventually(settled, timeout=30)
+    sent = await until(settled, timeout=30)
     assert sorted(cid for cid, _ in sent) == sorted(cids)  # one send per contact
     for cid, key in sent:
         other = b if key == a else a
