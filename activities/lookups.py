@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 from activities.sending import insert_reservation
 from core.config import Settings
 from core.db import Database
-from core.models import Contact, Event, SegmentMembership, Send, TrackingEvent
+from core.models import Contact, Event, SegmentMembership, Send, TrackingEvent, utcnow
 from dsl.conditions import SnapshotContext, evaluate, matches_where
 from dsl.dates import parse_date_or_datetime
 from dsl.durations import parse_duration
@@ -55,6 +55,7 @@ COUNTED_SEND_STATUSES = ("sent", "uncertain")  # uncertain: SMTP most likely acc
 IN_FLIGHT_STATUSES = ("reserved", "sending")  # counted too: they are about to be sent
 CAP_SETTLE_WAIT = 10.0  # seconds a decision that hinges on in-flight sends waits for them
 CAP_SETTLE_POLL = 0.2
+IN_FLIGHT_STALE = timedelta(minutes=5)
 FIND_EVENT_SCAN = 200  # candidate events checked against a where filter
 
 
@@ -262,7 +263,12 @@ class LookupActivities:
                     )
                 )
                 rows = list((await s.exec(q)).all())
-                settled = sum(1 for _, status in rows if status in COUNTED_SEND_STATUSES)
+                # In flight for minutes (e.g. its run was terminated before sending): counted
+                # as sent rather than waited for.
+                stale = utcnow() - IN_FLIGHT_STALE
+                settled = sum(
+                    1 for at_, status in rows if status in COUNTED_SEND_STATUSES or at_ < stale
+                )
                 if len(rows) < inp.max_sends:
                     if inp.send is not None:
                         if self.settings is None:
