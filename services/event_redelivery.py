@@ -39,7 +39,7 @@ from temporalio.client import (
 
 from core.models import Event, utcnow
 from services.context import ServiceContext
-from services.dispatch import dispatch_events
+from services.dispatch import dispatch_events, retry_delay
 
 log = logging.getLogger("journeys.redelivery")
 
@@ -106,17 +106,52 @@ async def redeliver_batch(ctx: ServiceContext, now: datetime, limit: int = BATCH
     if not due:
         await s.commit()
         return result
+    ids = [ev.id for ev in due]
     try:
         outcomes = await dispatch_events(ctx, list(due))
-    except BaseException:
-        await s.rollback()  # releases the claim; the next sweep tries again
-        raise
+    except Exception:
+        await s.rollback()  # (expires the loaded rows: _one_by_one reads each afresh)
+        # Something other than Temporal's absence (that leaves events pending without an
+        # error): one event at a time, so a bad one cannot hold the others back for ever.
+        outcomes = [await _one_by_one(ctx, event_id) for event_id in ids]
     for out in outcomes:
         if out.get("dispatch") == "pending":
             result.pending += 1
         else:
             result.delivered += 1
     return result
+
+
+async def _one_by_one(ctx: ServiceContext, event_id: str) -> dict[str, Any]:
+    """Delivers one event; on an error, puts it off with the usual backoff (row locks make
+    this safe against another dispatcher: an event delivered meanwhile is left alone)."""
+    s = ctx.session
+    ev = (
+        await s.exec(
+            select(Event)
+            .where(col(Event.id) == event_id)
+            .execution_options(populate_existing=True)
+        )
+    ).first()
+    if ev is None or ev.dispatched_at is not None:
+        await s.commit()
+        return (ev.dispatch_result if ev is not None else None) or {"dispatch": "delivered"}
+    attempts = ev.dispatch_attempts
+    try:
+        return (await dispatch_events(ctx, [ev]))[0]
+    except Exception as exc:
+        await s.rollback()
+        log.error("redelivery of event %s failed: %s", event_id, type(exc).__name__)
+        await s.execute(
+            text(
+                "UPDATE event SET dispatch_attempts = :attempts, dispatch_due_at = :due "
+                "WHERE id = :id AND dispatched_at IS NULL"
+            ),
+            {"id": event_id, "attempts": attempts + 1,
+             "due": utcnow() + retry_delay(attempts + 1)},
+        )
+        await s.commit()
+        return {"dispatch": "pending"}
 
 
 async def redeliver_due(

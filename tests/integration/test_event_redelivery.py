@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 from sqlmodel import col, select
 from temporalio.api.enums.v1 import EventType
@@ -297,3 +298,48 @@ async def test_a_retry_never_starts_a_journey_a_second_time(
         {"journey": starter, "action": "skipped", "reason": "started_since"}
     ]
     assert len(await _runs(db, starter, cid)) == 1
+
+
+async def test_an_event_that_fails_to_deliver_does_not_hold_back_the_others(
+    api: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    temporal: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A non-Temporal error on one event (injected here) puts that event off with backoff;
+    the rest of its batch is delivered."""
+    import services.event_redelivery as redelivery
+
+    t = tag()
+    key = await published(api, definition(f"hold-{t}"))
+    cid = await contact(api)
+    r = await api.post(f"/v1/journeys/{key}/enrollments", json={"contact_ids": [cid]})
+    assert r.json()["enrolled"] == 1
+    async with db.session() as s:
+        ctx = ServiceContext(s, settings)
+        ids = [(await store_event(ctx, cid, f"note_{t}"))[0].id for _ in range(3)]
+        table = Event.__table__  # type: ignore[attr-defined]
+        await s.exec(  # type: ignore[call-overload]
+            table.update().where(table.c.id.in_(ids))
+            .values(received_at=utcnow() - timedelta(seconds=30))
+        )
+        await s.commit()
+    bad = ids[1]
+    real = redelivery.dispatch_events
+
+    async def failing(ctx: ServiceContext, events: list[Event]) -> list[dict[str, Any]]:
+        if any(ev.id == bad for ev in events):
+            raise ValueError("injected")
+        return await real(ctx, events)
+
+    monkeypatch.setattr(redelivery, "dispatch_events", failing)
+    async with db.session() as s:
+        result = await redeliver_due(ServiceContext(s, settings, temporal))
+    assert result.pending >= 1
+    good = [await _event(db, i) for i in ids if i != bad]
+    assert all(e.dispatched_at is not None for e in good)
+    put_off = await _event(db, bad)
+    assert put_off.dispatched_at is None and put_off.dispatch_attempts == 1
+    assert put_off.dispatch_due_at is not None and put_off.dispatch_due_at > utcnow()
+    await signals(temporal, key, cid, 2)
