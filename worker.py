@@ -13,6 +13,7 @@ from temporalio.worker import Worker
 from activities.chaining import ChainingActivities
 from activities.contact_updates import ContactUpdateActivities
 from activities.entry import EntryActivities
+from activities.event_redelivery import EventRedeliveryActivities
 from activities.lookups import LookupActivities
 from activities.runs import RunActivities
 from activities.segments import SegmentActivities
@@ -22,6 +23,7 @@ from core import logsafe
 from core.config import Settings, get_settings
 from core.db import Database
 from core.temporal import connect
+from workflows.event_redelivery import EventRedeliveryWorkflow
 from workflows.journey import JourneyWorkflow
 from workflows.scheduled_entry import ScheduledEntryWorkflow
 from workflows.segment_sweep import SegmentSweepWorkflow
@@ -30,7 +32,7 @@ log = logging.getLogger("journeys.worker")
 
 
 def workflows() -> Sequence[type]:
-    return [JourneyWorkflow, SegmentSweepWorkflow, ScheduledEntryWorkflow]
+    return [JourneyWorkflow, SegmentSweepWorkflow, ScheduledEntryWorkflow, EventRedeliveryWorkflow]
 
 
 def activities(db: Database, settings: Settings) -> list[Any]:
@@ -41,9 +43,10 @@ def activities(db: Database, settings: Settings) -> list[Any]:
     sending = SendActivities(db, settings, transport)
     segments = SegmentActivities(db, settings)
     entry = EntryActivities(db, settings)
-    lookups = LookupActivities(db)
+    lookups = LookupActivities(db, settings)
     updates = ContactUpdateActivities(db, settings)
     chaining = ChainingActivities(db, settings)
+    redelivery = EventRedeliveryActivities(db, settings)
     return [
         runs.record_steps,
         sending.send_email,
@@ -56,6 +59,7 @@ def activities(db: Database, settings: Settings) -> list[Any]:
         lookups.send_cap,
         updates.update_contact,
         chaining.start_journey,
+        redelivery.redeliver_events,
     ]
 
 
@@ -84,6 +88,9 @@ async def run_worker(settings: Settings | None = None) -> None:
     from services.segment_schedule import ensure_sweep_schedule
 
     await ensure_sweep_schedule(client, settings.temporal_task_queue)
+    from services.event_redelivery import ensure_redelivery_schedule
+
+    await ensure_redelivery_schedule(client, settings.temporal_task_queue)
     log.info("worker polling task queue %s", settings.temporal_task_queue)
     await worker.run()
 

@@ -7,19 +7,24 @@ date attribute normalised for an until_attribute wait.
 
 from __future__ import annotations
 
-from datetime import datetime
+import asyncio
+import hashlib
+import time
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import func, or_
+from sqlalchemy import func, or_, text
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.sending import insert_reservation
+from core.config import Settings
 from core.db import Database
-from core.models import Contact, Event, SegmentMembership, Send, TrackingEvent
+from core.models import Contact, Event, SegmentMembership, Send, TrackingEvent, utcnow
 from dsl.conditions import SnapshotContext, evaluate, matches_where
 from dsl.dates import parse_date_or_datetime
 from dsl.durations import parse_duration
@@ -47,6 +52,10 @@ from workflows.types import (
 # Sends in these categories are not marketing and do not count toward a frequency cap.
 NON_MARKETING_CATEGORIES = ("transactional",)
 COUNTED_SEND_STATUSES = ("sent", "uncertain")  # uncertain: SMTP most likely accepted it
+IN_FLIGHT_STATUSES = ("reserved", "sending")  # counted too: they are about to be sent
+CAP_SETTLE_WAIT = 10.0  # seconds a decision that hinges on in-flight sends waits for them
+CAP_SETTLE_POLL = 0.2
+IN_FLIGHT_STALE = timedelta(minutes=5)
 FIND_EVENT_SCAN = 200  # candidate events checked against a where filter
 
 
@@ -134,9 +143,16 @@ def normalised_date(value: Any) -> str | None:
         return None
 
 
+def cap_lock_key(contact_id: str) -> int:
+    """The advisory lock serialising a contact's frequency-cap decisions."""
+    digest = hashlib.sha256(b"journeys/cap-lock\0" + contact_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 class LookupActivities:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, settings: Settings | None = None) -> None:
         self.db = db
+        self.settings = settings  # needed by send_cap to reserve a send (message id domain)
 
     @activity.defn(name="wait_context")
     async def wait_context(self, inp: WaitContextInput) -> WaitContext:
@@ -209,15 +225,22 @@ class LookupActivities:
     @activity.defn(name="send_cap")
     async def send_cap(self, inp: SendCapInput) -> SendCapResult:
         """Marketing sends to the contact across all journeys in (now - period, now]; when
-        the cap is reached, the moment enough of them leave the window."""
+        the cap is reached, the moment enough of them leave the window.
+
+        Race-free per contact: under a transaction-scoped advisory lock on the contact, the
+        count includes sends in flight (reserved, sending) and, when the cap allows this
+        send, its ledger row is reserved before the lock is released, so two runs deciding
+        at the same instant cannot both pass. When only in-flight sends would reach the
+        cap, it waits (briefly) for them to settle: one that ends blocked or failed does
+        not count."""
         period = parse_duration(inp.period)
         start = (-period).add_to(inp.now)
         at = func.coalesce(Send.sent_at, Send.created_at)
         q = (
-            select(at)
+            select(at, Send.status)
             .where(
                 Send.contact_id == inp.contact_id,
-                col(Send.status).in_(COUNTED_SEND_STATUSES),
+                col(Send.status).in_(COUNTED_SEND_STATUSES + IN_FLIGHT_STATUSES),
                 or_(
                     col(Send.category).is_(None),
                     col(Send.category).notin_(NON_MARKETING_CATEGORIES),
@@ -231,9 +254,36 @@ class LookupActivities:
             )
             .order_by(at)
         )
-        async with self.db.session() as s:
-            times = list((await s.exec(q)).all())
-        if len(times) < inp.max_sends:
-            return SendCapResult(count=len(times), next_allowed_at=None)
-        oldest_to_leave = times[len(times) - inp.max_sends]
-        return SendCapResult(count=len(times), next_allowed_at=period.add_to(oldest_to_leave))
+        settle_by = time.monotonic() + CAP_SETTLE_WAIT
+        while True:
+            async with self.db.session() as s:
+                await s.exec(  # type: ignore[call-overload]
+                    text("SELECT pg_advisory_xact_lock(:k)").bindparams(
+                        k=cap_lock_key(inp.contact_id)
+                    )
+                )
+                rows = list((await s.exec(q)).all())
+                # In flight for minutes (e.g. its run was terminated before sending): counted
+                # as sent rather than waited for.
+                stale = utcnow() - IN_FLIGHT_STALE
+                settled = sum(
+                    1 for at_, status in rows if status in COUNTED_SEND_STATUSES or at_ < stale
+                )
+                if len(rows) < inp.max_sends:
+                    if inp.send is not None:
+                        if self.settings is None:
+                            raise RuntimeError("send_cap needs settings to reserve a send")
+                        await insert_reservation(s, inp.send, self.settings.mail_domain)
+                    await s.commit()  # releases the lock with the reservation in place
+                    return SendCapResult(count=len(rows), next_allowed_at=None)
+            if settled >= inp.max_sends or time.monotonic() >= settle_by:
+                break
+            activity.heartbeat()
+            await asyncio.sleep(CAP_SETTLE_POLL)
+        oldest_to_leave = rows[len(rows) - inp.max_sends][0]
+        next_allowed = period.add_to(oldest_to_leave)
+        if settled < inp.max_sends:
+            # Still undecided (sends in flight that may yet fail): look again soon rather
+            # than a whole period later (the interpreter defers at least MIN_DEFER).
+            next_allowed = min(next_allowed, inp.now)
+        return SendCapResult(count=len(rows), next_allowed_at=next_allowed)

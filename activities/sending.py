@@ -69,6 +69,31 @@ def send_id_for(send_key: str) -> str:
     return f"s_{hashlib.sha256(send_key.encode()).hexdigest()[:20]}"
 
 
+async def insert_reservation(s: AsyncSession, inp: SendInput, mail_domain: str) -> None:
+    """The ledger row in state `reserved`, unless it exists (caller commits)."""
+    send_key = send_key_of(inp)
+    await s.exec(  # type: ignore[call-overload]
+        insert(Send)
+        .values(
+            id=send_id_for(send_key),
+            send_key=send_key,
+            run_id=inp.run_id,
+            journey_key=inp.journey_key,
+            version=inp.version,
+            step=inp.step,
+            visit=inp.visit,
+            contact_id=inp.contact_id,
+            template_key=inp.template_key,
+            category=inp.category,
+            message_id=message_id_for(send_key, mail_domain),
+            status="reserved",
+            attempts=0,
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["send_key"])
+    )
+
+
 def _lock_key(send_key: str) -> int:
     digest = hashlib.sha256(b"journeys/send-lock\0" + send_key.encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
@@ -215,27 +240,8 @@ class SendActivities:
         return await self._finish(s, send, "sent", None)
 
     async def _reserve(self, s: AsyncSession, inp: SendInput, send_key: str) -> Send:
-        send_id = send_id_for(send_key)
-        await s.exec(  # type: ignore[call-overload]
-            insert(Send)
-            .values(
-                id=send_id,
-                send_key=send_key,
-                run_id=inp.run_id,
-                journey_key=inp.journey_key,
-                version=inp.version,
-                step=inp.step,
-                visit=inp.visit,
-                contact_id=inp.contact_id,
-                template_key=inp.template_key,
-                category=inp.category,
-                message_id=message_id_for(send_key, self.settings.mail_domain),
-                status="reserved",
-                attempts=0,
-                created_at=utcnow(),
-            )
-            .on_conflict_do_nothing(index_elements=["send_key"])
-        )
+        # The frequency-cap check (activities.lookups.send_cap) may have reserved it already.
+        await insert_reservation(s, inp, self.settings.mail_domain)
         await s.commit()
         send = (await s.exec(select(Send).where(Send.send_key == send_key))).one()
         return send

@@ -236,6 +236,9 @@ class TrackedLink(SQLModel, table=True):
     kind: str  # open | click | trap | unsub
     name: str | None = None
     url: str | None = None
+    # Set when the contact was erased: url is then NULL (a designer may have put PHI in
+    # it) and a click gets a "gone" page instead of a redirect.
+    erased_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class TrackingEvent(SQLModel, table=True):
@@ -281,7 +284,15 @@ class Event(SQLModel, table=True):
     """External events (EHR, CRM, forms) and internal ones (segment entry, bounces)."""
 
     __tablename__ = "event"
-    __table_args__ = (Index("ix_event_contact_name", "contact_id", "name", "occurred_at"),)
+    __table_args__ = (
+        Index("ix_event_contact_name", "contact_id", "name", "occurred_at"),
+        # The redelivery sweep's queue (services.event_redelivery) stays small.
+        Index(
+            "ix_event_undispatched",
+            "received_at",
+            postgresql_where=sql_text("dispatched_at IS NULL"),
+        ),
+    )
     id: str = Field(default_factory=lambda: new_id("ev"), primary_key=True)
     contact_id: str
     name: str
@@ -295,6 +306,10 @@ class Event(SQLModel, table=True):
     dispatch_result: dict[str, Any] | None = Field(
         default=None, sa_column=Column(JSONB, nullable=True)
     )
+    # Undelivered (Temporal unreachable): how often delivery was tried and when the
+    # redelivery sweep tries next (NULL: received_at plus a short grace).
+    dispatch_attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    dispatch_due_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class Setting(SQLModel, table=True):

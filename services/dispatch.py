@@ -10,16 +10,24 @@ still get events.
 Database reads are batched for all events first; Temporal calls for one contact run in the
 events' order (a contact's runs see events in the order they were sent) while different
 contacts proceed concurrently; new run rows and results are written in one transaction.
+
+Delivery is durable: the event rows are locked (FOR UPDATE) for the whole dispatch, so the
+request path and the redelivery sweep (services.event_redelivery) never deliver one event
+at the same time, and an event some of whose Temporal calls failed (Temporal unreachable)
+stays undispatched with what did succeed kept in dispatch_result: its journeys already
+started are not started again, and signals are dropped by runs that have seen the event
+id. The sweep tries it again with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text, update
@@ -35,8 +43,28 @@ from services.entry_hooks import contacts_changed
 from services.triggers import Entry, trigger_index
 from workflows.types import EventSignal
 
+log = logging.getLogger("journeys.dispatch")
+
 # Contacts whose events are delivered at once (each contact's own events go in order).
 CONCURRENCY = 64
+# Undelivered events are tried again after 5 s, 10 s, 20 s, ... at most every 10 minutes.
+RETRY_FIRST = timedelta(seconds=5)
+RETRY_MAX = timedelta(minutes=10)
+# An event this old when dispatched is a later try of its delivery (see _deliver).
+REDELIVERY_AGE = timedelta(seconds=5)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """The wait before the next delivery of an event that failed `attempts` times."""
+    return min(RETRY_FIRST * (2 ** min(max(attempts - 1, 0), 16)), RETRY_MAX)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Temporal did not take the call (down, restarting, network): worth trying later."""
+    if isinstance(exc, RPCError | TimeoutError):
+        return True
+    # A lazily connected client that has never reached the server raises this.
+    return isinstance(exc, RuntimeError) and "client connect" in str(exc)
 
 
 @dataclass
@@ -46,9 +74,11 @@ class Reach:
     started: list[str] = field(default_factory=list)
     signalled: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)  # journeys Temporal did not take yet
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
+            "dispatch": "pending" if self.failed else "delivered",
             "started": len(self.started),
             "signalled": len(self.signalled),
             "journeys": (
@@ -58,8 +88,19 @@ class Reach:
                     {"journey": k, "action": "skipped", "reason": r}
                     for k, r in sorted(self.skipped.items())
                 ]
+                + [{"journey": k, "action": "pending"} for k in sorted(set(self.failed))]
             ),
         }
+        return out
+
+    @classmethod
+    def resumed(cls, prior_result: dict[str, Any] | None) -> Reach:
+        """What an earlier, partly failed delivery already did: its starts."""
+        prior = prior_result or {}
+        started = [
+            str(j["journey"]) for j in prior.get("journeys", []) if j.get("action") == "started"
+        ]
+        return cls(started=started)
 
 
 @dataclass
@@ -93,10 +134,24 @@ def _signal(ev: Event) -> EventSignal:
 
 
 async def dispatch_events(ctx: ServiceContext, events: Sequence[Event]) -> list[dict[str, Any]]:
-    """Deliver events (already stored) and record the outcome on each event row."""
+    """Deliver events (already stored) and record the outcome on each event row.
+
+    An event another process delivered meanwhile is not delivered again (its recorded
+    result is returned); a failed call leaves its event pending for the redelivery sweep."""
     if not events:
         return []
     client = ctx.require_temporal()
+    began = utcnow()
+    locked = await _lock(ctx, events)
+    answers: dict[str, dict[str, Any]] = {
+        ev_id: st.result or {} for ev_id, st in locked.items() if st.dispatched
+    }
+    all_events, events = events, [
+        ev for ev in events if ev.id in locked and not locked[ev.id].dispatched
+    ]
+    if not events:
+        await ctx.session.commit()  # release the locks
+        return [answers.get(ev.id, {"dispatch": "pending"}) for ev in all_events]
     snap = await trigger_index(ctx.settings.database_url).current(ctx.session)
     triggered = [snap.entries_for(ev.name, ev.properties or {}) for ev in events]
     contacts = {ev.contact_id for ev in events}
@@ -120,7 +175,13 @@ async def dispatch_events(ctx: ServiceContext, events: Sequence[Event]) -> list[
     for i, ev in enumerate(events):
         by_contact[ev.contact_id].append(i)
 
-    reaches: list[Reach] = [Reach() for _ in events]
+    reaches: list[Reach] = [Reach.resumed(locked[ev.id].result) for ev in events]
+    # A later try (the sweep, a repeated idempotency key, or after a crash): see _deliver.
+    again = {
+        ev.id
+        for ev in events
+        if locked[ev.id].attempts > 0 or ev.received_at < began - REDELIVERY_AGE
+    }
     writes = _Writes()
     sem = asyncio.Semaphore(CONCURRENCY)
     task_queue = ctx.settings.temporal_task_queue
@@ -130,13 +191,37 @@ async def dispatch_events(ctx: ServiceContext, events: Sequence[Event]) -> list[
             open_runs = running.get(cid, {})
             for i in order:
                 await _deliver(
-                    client, task_queue, events[i], triggered[i], open_runs, last, reaches[i], writes
+                    client, task_queue, events[i], triggered[i], open_runs, last, reaches[i],
+                    writes, redelivery=events[i].id in again,
                 )
 
     await asyncio.gather(*(deliver_contact(cid, order) for cid, order in by_contact.items()))
 
-    await _record(ctx, events, reaches, writes)
-    return [r.as_dict() for r in reaches]
+    await _record(ctx, events, reaches, writes, locked)
+    answers.update((ev.id, r.as_dict()) for ev, r in zip(events, reaches, strict=True))
+    return [answers.get(ev.id, {"dispatch": "pending"}) for ev in all_events]
+
+
+@dataclass
+class _Locked:
+    """An event row as it stands once locked for this dispatch."""
+
+    dispatched: bool
+    attempts: int
+    result: dict[str, Any] | None
+
+
+async def _lock(ctx: ServiceContext, events: Sequence[Event]) -> dict[str, _Locked]:
+    """Locks the events' rows until this dispatch commits (in id order: two dispatchers of
+    overlapping batches never deadlock) and reads their delivery state afresh."""
+    rows = await ctx.session.execute(
+        text(
+            "SELECT id, dispatched_at IS NOT NULL, dispatch_attempts, dispatch_result "
+            "FROM event WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
+        ),
+        {"ids": list({ev.id for ev in events})},
+    )
+    return {r[0]: _Locked(bool(r[1]), int(r[2] or 0), r[3]) for r in rows.all()}
 
 
 async def _deliver(
@@ -148,15 +233,27 @@ async def _deliver(
     last: dict[tuple[str, str], reentry.LastRun],
     reach: Reach,
     writes: _Writes,
+    *,
+    redelivery: bool = False,
 ) -> None:
-    """One event of one contact: starts and signals for different journeys go at once."""
+    """One event of one contact: starts and signals for different journeys go at once.
+    A call Temporal does not take leaves the journey in reach.failed (tried again later)."""
     cid = ev.contact_id
     sig = _signal(ev)
     now = utcnow()
     by_key = {e.journey_key: e for e in entries}
+    # Journeys an earlier, partly failed delivery of this event started: never again.
+    started_before = set(reach.started)
 
     async def try_start(v: JourneyVersion, prior: reentry.LastRun | None) -> None:
         key = v.journey_key
+        if key in started_before:
+            return
+        if redelivery and prior is not None and prior.started_at >= ev.received_at:
+            # A run that began after this event arrived may be the one it started on an
+            # earlier try whose outcome was never recorded (the process died): at most once.
+            reach.skipped[key] = "started_since"
+            return
         reason = reentry.refusal(by_key[key].reentry, prior, now)
         if reason:
             reach.skipped[key] = reason
@@ -185,9 +282,17 @@ async def _deliver(
             prior = reentry.LastRun(run.run_id, closed.status, run.started_at, closed.ended_at)
             await try_start(entry.version, prior)
 
-    calls = [signal_open(key, run) for key, run in list(open_runs.items())]
+    async def guarded(key: str, call: Awaitable[None]) -> None:
+        try:
+            await call
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            reach.failed.append(key)
+
+    calls = [guarded(key, signal_open(key, run)) for key, run in list(open_runs.items())]
     calls += [
-        try_start(e.version, last.get((e.journey_key, cid)))
+        guarded(e.journey_key, try_start(e.version, last.get((e.journey_key, cid))))
         for e in entries
         if e.journey_key not in open_runs
     ]
@@ -222,7 +327,11 @@ async def _signal_run(client: Client, run: _Open, sig: EventSignal) -> _Closed |
 
 
 async def _record(
-    ctx: ServiceContext, events: Sequence[Event], reaches: list[Reach], writes: _Writes
+    ctx: ServiceContext,
+    events: Sequence[Event],
+    reaches: list[Reach],
+    writes: _Writes,
+    locked: dict[str, _Locked],
 ) -> None:
     s = ctx.session
     for c in writes.closed:
@@ -238,16 +347,29 @@ async def _record(
             )
         )
     now = utcnow()
+    params: list[dict[str, Any]] = []
+    for ev, reach in zip(events, reaches, strict=True):
+        attempts = locked[ev.id].attempts + (1 if reach.failed else 0)
+        params.append(
+            {
+                "id": ev.id,
+                "at": None if reach.failed else now,
+                "result": json.dumps(reach.as_dict()),
+                "attempts": attempts,
+                "due": now + retry_delay(attempts) if reach.failed else None,
+            }
+        )
     await s.execute(
         text(
-            "UPDATE event SET dispatched_at = :at, dispatch_result = CAST(:result AS jsonb) "
-            "WHERE id = :id"
+            "UPDATE event SET dispatched_at = :at, dispatch_result = CAST(:result AS jsonb), "
+            "dispatch_attempts = :attempts, dispatch_due_at = :due WHERE id = :id"
         ),
-        [
-            {"id": ev.id, "at": now, "result": json.dumps(reach.as_dict())}
-            for ev, reach in zip(events, reaches, strict=True)
-        ],
+        params,
     )
+    pending = sum(1 for r in reaches if r.failed)
+    if pending:
+        log.warning("%d of %d events not delivered (Temporal unreachable); retried later",
+                    pending, len(events))
     await insert_runs(ctx, writes.runs, commit=False)
     await s.commit()
     # Segments on {"journey": KEY} see the contacts that just entered.

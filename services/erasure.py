@@ -4,6 +4,9 @@ One transaction removes the contact's PHI wherever the product keeps it:
   contact      email, external_id, email_hash -> null; attributes -> {}; timezone -> UTC
   event        properties -> {} (names and times stay for aggregate reports)
   tracking     ip, user agent and headers of opens/clicks on the contact's messages
+  links        destination URLs of the tracked links in the contact's messages (a
+               designer may have put PHI in one): url -> NULL, erased_at set; a later
+               click gets a "gone" page, never a redirect
   segments     memberships (being in a segment can itself say something about health)
   outbox       dev-sink messages addressed to the contact
 What stays: suppressions (keyed by the address's keyed hash, so an erased address is
@@ -33,6 +36,7 @@ from core.models import (
     Run,
     SegmentMembership,
     Send,
+    TrackedLink,
     TrackingEvent,
     utcnow,
 )
@@ -52,6 +56,7 @@ ERASED_FIELDS = (
     "tracking_event.ip",
     "tracking_event.user_agent",
     "tracking_event.headers",
+    "tracked_link.url",
     "segment_membership",
     "outbox_message",
 )
@@ -62,6 +67,7 @@ class ErasureResult:
     contact_id: str
     events_cleared: int = 0
     tracking_events_cleared: int = 0
+    links_tombstoned: int = 0
     memberships_removed: int = 0
     outbox_deleted: int = 0
     runs_signalled: int = 0
@@ -101,6 +107,15 @@ async def erase_contact(ctx: ServiceContext, contact_id: str) -> ErasureResult:
     )
     result.tracking_events_cleared = res.rowcount or 0
 
+    # Every kind (click, trap, open, unsub) is tombstoned: a hit on any of them afterwards
+    # is about an erased person, and the unsubscribe page still works from send_id.
+    res = await s.exec(  # type: ignore[call-overload]
+        update(TrackedLink)
+        .where(col(TrackedLink.send_id).in_(sends), col(TrackedLink.erased_at).is_(None))
+        .values(url=None, erased_at=contact.deleted_at)
+    )
+    result.links_tombstoned = res.rowcount or 0
+
     res = await s.exec(  # type: ignore[call-overload]
         delete(SegmentMembership).where(col(SegmentMembership.contact_id) == contact_id)
     )
@@ -126,6 +141,7 @@ async def erase_contact(ctx: ServiceContext, contact_id: str) -> ErasureResult:
         details={
             "events_cleared": result.events_cleared,
             "tracking_events_cleared": result.tracking_events_cleared,
+            "links_tombstoned": result.links_tombstoned,
             "memberships_removed": result.memberships_removed,
             "outbox_deleted": result.outbox_deleted,
         },

@@ -2,6 +2,10 @@
 
 `ingest` stores the event once (idempotency_key) and hands it to `dispatch`, which
 reaches every journey it triggers and every run waiting for it or exiting on it.
+
+Storing is what the caller is told about: an event Temporal did not take (unreachable,
+restarting) is kept with `dispatch: pending` and delivered by the redelivery sweep
+(services.event_redelivery) once Temporal is back, once per run.
 """
 
 from __future__ import annotations
@@ -14,18 +18,18 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
-from temporalio.service import RPCError
 
 from core.models import Contact, Event, new_id, utcnow
 from services.context import ServiceContext
 from services.entry_hooks import contacts_changed, event_changes
-from services.errors import Invalid, Unavailable
+from services.errors import Invalid
 
 log = logging.getLogger("journeys.events")
 
 MAX_BATCH = 1000
 # A stored event whose dispatch never finished (the process died) is dispatched again by a
-# repeat of its idempotency_key once this long has passed; sooner, the first is in flight.
+# repeat of its idempotency_key once this long has passed (the redelivery sweep does it
+# anyway); sooner, the first is in flight.
 REDISPATCH_AFTER = timedelta(seconds=30)
 
 
@@ -97,12 +101,12 @@ async def store_event(
 
 async def dispatch(ctx: ServiceContext, event: Event) -> dict[str, Any]:
     """Reach every journey the stored event starts and every running run of its contact.
-    Without a Temporal connection (e.g. a CLI import) the event stays stored, undelivered."""
+    Without a Temporal connection (e.g. a CLI import), or when Temporal does not answer, the
+    event stays pending and the redelivery sweep delivers it later."""
     from services.dispatch import dispatch_events
 
     if ctx.temporal is None:
-        log.warning("event %s (%s) stored undelivered: Temporal is not connected", event.id,
-                    event.name)
+        log.info("event %s (%s) stored; the redelivery sweep delivers it", event.id, event.name)
         return {"dispatch": "pending", "started": 0, "signalled": 0, "journeys": []}
     return (await dispatch_events(ctx, [event]))[0]
 
@@ -237,14 +241,8 @@ async def ingest_many(
             todo.setdefault(ev.id, ev)
     from services.dispatch import dispatch_events
 
-    try:
-        delivered = await dispatch_events(ctx, list(todo.values()))
-    except RPCError as exc:
-        raise Unavailable(
-            "events were stored but Temporal did not take them; repeat the call with the "
-            "same idempotency keys to deliver them",
-            {"stored": list(todo)},
-        ) from exc
+    # Temporal not answering leaves events pending (the sweep delivers them), not an error.
+    delivered = await dispatch_events(ctx, list(todo.values()))
     outcomes = dict(zip(todo, delivered, strict=True))
     results: list[dict[str, Any]] = []
     for ev, new in stored:

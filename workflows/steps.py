@@ -220,6 +220,17 @@ class StepRunner(Interpreter):
         """Honour the send window (quiet hours, contact's zone) and the frequency cap
         (defer or skip), then send once per (run, step, visit)."""
         window, cap = self.defn.send_window, self.defn.frequency_cap
+        send = SendInput(
+            run_id=self.run_id,
+            journey_key=self.inp.journey_key,
+            journey_name=self.defn.name,
+            version=self.inp.version,
+            contact_id=self.inp.contact_id,
+            step=name,
+            visit=visit,
+            template_key=step.template,
+            category=step.category or self.defn.category,
+        )
         while window is not None or cap is not None:
             now = workflow.now()
             if window is not None:
@@ -241,6 +252,7 @@ class StepRunner(Interpreter):
                         run_id=self.run_id,
                         step=name,
                         visit=visit,
+                        send=send,
                     ),
                     SendCapResult,
                 )
@@ -254,17 +266,7 @@ class StepRunner(Interpreter):
             break
         result = await self.call(
             "send_email",
-            SendInput(
-                run_id=self.run_id,
-                journey_key=self.inp.journey_key,
-                journey_name=self.defn.name,
-                version=self.inp.version,
-                contact_id=self.inp.contact_id,
-                step=name,
-                visit=visit,
-                template_key=step.template,
-                category=step.category or self.defn.category,
-            ),
+            send,
             SendResult,
             start_to_close=SEND_TIMEOUT,
             # send_email heartbeats every second: a killed worker's send is retried (and

@@ -182,6 +182,9 @@ class SendCapInput:
     run_id: str  # the send being decided is not counted
     step: str
     visit: int
+    # The send being decided: when the cap allows it, its ledger row is reserved in the
+    # same transaction as the count, so a concurrent decision for the contact counts it.
+    send: SendInput | None = None
 
 
 @dataclass

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Response
 
 from api.deps import Integration
 from services import events as svc
@@ -31,10 +31,20 @@ EventsBody = Body(
 )
 
 
-@router.post("")
-async def post_events(ctx: Integration, body: Any = EventsBody) -> dict[str, Any]:
+def _accepted(response: Response, results: list[dict[str, Any]]) -> None:
+    """202 when some event is stored but not yet delivered (Temporal unreachable): the
+    redelivery sweep delivers it; 200 when everything was delivered."""
+    if any(r.get("dispatch") == "pending" for r in results):
+        response.status_code = 202
+
+
+@router.post("", responses={202: {"description": "stored; delivery pending (retried)"}})
+async def post_events(
+    ctx: Integration, response: Response, body: Any = EventsBody
+) -> dict[str, Any]:
     """Store events and deliver them: start every journey they trigger (signal-with-start)
-    and signal every running run of the contact."""
+    and signal every running run of the contact. Answers 202 with `dispatch: pending` for
+    events stored while Temporal does not answer; they are delivered when it is back."""
     if isinstance(body, dict) and "events" in body:
         items = body["events"]
         if not isinstance(items, list) or not items:
@@ -43,6 +53,7 @@ async def post_events(ctx: Integration, body: Any = EventsBody) -> dict[str, Any
                 {"errors": [{"field": "events", "code": "list_type", "message": "not a list"}]},
             )
         results = await svc.ingest_many(ctx, items)
+        _accepted(response, results)
         return {
             "results": results,
             "stored": sum(not r["duplicate"] for r in results),
@@ -53,4 +64,6 @@ async def post_events(ctx: Integration, body: Any = EventsBody) -> dict[str, Any
             "the body is one event object or {\"events\": [...]}",
             {"errors": [{"field": "", "code": "dict_type", "message": "not an object"}]},
         )
-    return await svc.ingest(ctx, body)
+    result = await svc.ingest(ctx, body)
+    _accepted(response, [result])
+    return result

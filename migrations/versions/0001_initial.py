@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 16:09:21.832963
+Create Date: 2026-11-22 17:34:55.420669
 """
 from collections.abc import Sequence
 
@@ -79,10 +79,13 @@ def upgrade() -> None:
     sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('dispatched_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('dispatch_result', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+    sa.Column('dispatch_attempts', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('dispatch_due_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('idempotency_key')
     )
     op.create_index('ix_event_contact_name', 'event', ['contact_id', 'name', 'occurred_at'], unique=False)
+    op.create_index('ix_event_undispatched', 'event', ['received_at'], unique=False, postgresql_where=sa.text('dispatched_at IS NULL'))
     op.create_table('journey',
     sa.Column('key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -302,6 +305,7 @@ def upgrade() -> None:
     sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('url', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('erased_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index(op.f('ix_tracked_link_send_id'), 'tracked_link', ['send_id'], unique=False)
@@ -400,6 +404,7 @@ def downgrade() -> None:
     op.drop_index(op.f('ix_outbox_message_message_id'), table_name='outbox_message')
     op.drop_table('outbox_message')
     op.drop_table('journey')
+    op.drop_index('ix_event_undispatched', table_name='event', postgresql_where=sa.text('dispatched_at IS NULL'))
     op.drop_index('ix_event_contact_name', table_name='event')
     op.drop_table('event')
     op.drop_index(op.f('ix_contact_external_id'), table_name='contact')

@@ -202,6 +202,33 @@ async def continue_as_new_mid_wait(st: Stack) -> list[tuple[str, str]]:
     return [(key, cid)]
 
 
+async def frequency_cap_skip_and_defer(st: Stack) -> list[tuple[str, str]]:
+    """Recorded before the cap decision reserved the send (SendCapInput.send): the command
+    sequence is the same, so these runs replay against the current code."""
+    cid = await make_contact(st.api, st.db)
+    t1, t2 = await make_template(st.api), await make_template(st.api)
+    d = journey(
+        {
+            "first": {"type": "send_email", "template": t1, "next": "second"},
+            "second": {"type": "send_email", "template": t2, "next": "done"},
+            "done": {"type": "exit"},
+        },
+        "first",
+        frequency_cap={"max": 1, "period": "P1D", "action": "skip"},
+    )
+    key = await start(st.api, d, cid)
+    await finished(st.api, key, cid)
+    d2 = journey(
+        {"mail": {"type": "send_email", "template": t1, "next": "done"},
+         "done": {"type": "exit"}},
+        "mail",
+        frequency_cap={"max": 1, "period": "P1D", "action": "defer"},
+    )
+    key2 = await start(st.api, d2, cid)
+    await waiting(st.temporal, key2, cid, "frequency_cap")
+    return [(key, cid), (key2, cid)]
+
+
 SCENARIOS: dict[str, Scenario] = {
     "send_wait_send": send_wait_send,
     "engagement_update_branch_split": engagement_update_branch_split,
@@ -209,6 +236,7 @@ SCENARIOS: dict[str, Scenario] = {
     "loop_guard_and_operator_exit": loop_guard_and_operator_exit,
     "start_journey_chain": start_journey_chain,
     "continue_as_new_mid_wait": continue_as_new_mid_wait,
+    "frequency_cap_skip_and_defer": frequency_cap_skip_and_defer,
 }
 
 
