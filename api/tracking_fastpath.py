@@ -200,7 +200,7 @@ class TrackingEndpoints:
             return _pick(_PIXEL, method)
         if link is None or link.kind not in OPEN_KINDS:
             return _pick(_NOT_FOUND, method)
-        if not verified.expired:
+        if not verified.expired and not link.erased:
             await self._record(link, method, raw_headers, peer)
         return _pick(_PIXEL, method)
 
@@ -216,7 +216,7 @@ class TrackingEndpoints:
             # Without the stored destination there is nowhere safe to send the reader.
             log.error("click lookup failed: %s", type(exc).__name__)
             return _pick(_UNAVAILABLE, method)
-        if link is None or link.kind not in CLICK_KINDS:
+        if link is None or link.kind not in CLICK_KINDS or link.erased:
             return _pick(_NOT_FOUND, method)
         target = None if link.kind == "trap" else _safe_target(link.url)
         if link.kind != "trap" and target is None:

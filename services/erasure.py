@@ -43,6 +43,7 @@ from core.models import (
 from services import audit
 from services.context import ServiceContext
 from services.errors import NotFound
+from services.tracking import forget_all_links
 
 log = logging.getLogger("journeys.erasure")
 
@@ -147,6 +148,7 @@ async def erase_contact(ctx: ServiceContext, contact_id: str) -> ErasureResult:
         },
     )
     await s.commit()
+    forget_all_links()  # this process stops redirecting at once; others within the TTL
 
     await _exit_runs(ctx, contact_id, result)
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ class LinkInfo:
     kind: str  # open | click | trap | unsub
     name: str | None
     url: str | None
+    erased: bool = False  # the contact was erased: nothing is recorded, nothing redirects
 
     @property
     def hit_kind(self) -> str:
@@ -120,14 +122,26 @@ class LinkInfo:
         return safe_target(self.url)
 
 
-_LINKS_SQL = "SELECT id, send_id, kind, name, url FROM tracked_link WHERE id = ANY(%s)"
+_LINKS_SQL = (
+    "SELECT id, send_id, kind, name, url, erased_at IS NOT NULL FROM tracked_link WHERE id = ANY(%s)"
+)
+
+
+_CACHES: weakref.WeakSet[LinkCache] = weakref.WeakSet()
+
+
+def forget_all_links() -> None:
+    """Empty every link cache of this process (after an erasure: rare, and a refill costs
+    a few batched lookups). Other processes see the change when their entries expire."""
+    for cache in list(_CACHES):
+        cache.clear()
 
 
 class LinkCache:
     """token link id -> LinkInfo for `ttl` seconds; misses are looked up in batches.
 
     The TTL is short so that a link deleted or changed in the database (revocation,
-    erasure) stops redirecting within a minute everywhere; `forget`/`clear` make it
+    erasure) stops redirecting within seconds everywhere; `forget`/`clear` make it
     immediate in this process. Unknown links are not cached: only an authentic token
     (the HMAC already checked) ever costs a lookup. Bounded: the oldest entries go first.
 
@@ -140,7 +154,7 @@ class LinkCache:
         self,
         db: Database,
         *,
-        ttl: float = 60.0,
+        ttl: float = 10.0,
         max_entries: int = 100_000,
         max_batch: int = 500,
         clock: Callable[[], float] = time.monotonic,
@@ -157,6 +171,7 @@ class LinkCache:
         self.hits = 0
         self.misses = 0
         self.lookups = 0  # queries sent
+        _CACHES.add(self)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -4,17 +4,18 @@ redirect to it. Real mail through the SMTP sink, real click route."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import func, text
 from sqlmodel import col, select
 
 from core.db import Database
-from core.models import OutboxMessage, Send, TrackedLink
+from core.models import OutboxMessage, Send, TrackedLink, TrackingEvent
 from tests.journey_support import until
 from tests.security_helpers import enroll, grant_consent, send_wait_send_journey
 
@@ -58,10 +59,21 @@ async def test_erasure_tombstones_link_destinations(api: httpx.AsyncClient, db: 
     r = await api.delete(f"/v1/contacts/{cid}")
     assert r.status_code == 204
 
+    async def clicks() -> int:
+        async with db.session() as s:
+            sends = select(Send.id).where(Send.contact_id == cid)
+            q = select(func.count()).select_from(TrackingEvent).where(
+                col(TrackingEvent.send_id).in_(sends), TrackingEvent.kind == "click"
+            )
+            return int((await s.exec(q)).one())
+
+    assert await until(clicks, timeout=10) == 1  # the click before erasure was recorded
     after = await api.get(path, follow_redirects=False)
     assert after.status_code in (404, 410), after.status_code
     assert "location" not in after.headers
     assert secret not in after.text
+    await asyncio.sleep(0.3)  # past the hit writer's linger
+    assert await clicks() == 1  # a click on an erased person's message is not recorded
 
     async with db.session() as s:
         sends = select(Send.id).where(Send.contact_id == cid)
