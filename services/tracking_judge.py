@@ -13,18 +13,33 @@ nothing (the rows stay queued) and several API processes share the work:
 Per-message classifier state is cached in memory and rebuilt from the stored events
 (replayed in time order) when this process has not seen the message or another
 process has judged some of its events since.
+
+Latency (a person's click should move their journey within a second, even in a burst):
+- several judging transactions run at once, each over its own slice of the queued
+  messages (the advisory locks keep each message with one of them), and each signals
+  the humans it found as soon as it commits rather than after the whole round;
+- signals go out concurrently (bounded), since each is a network round trip;
+- the loop wakes on `notify()` (hits recorded in this process) and on PostgreSQL
+  `NOTIFY tracking_hits` (hits recorded by any API process), with a poll as fallback;
+- report counts are rolled up once per transaction, and behavioural-segment refreshes
+  run beside the loop, batched, never on the click's path.
+
+A judge runs inside the API process (TRACKING_JUDGE_IN_API=true, the default) or alone
+(`journeys judge`); any number of both share the queue through the locks above.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
+import psycopg
 from sqlalchemy import func, text
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -34,17 +49,20 @@ from temporalio.service import RPCError, RPCStatusCode
 from classifier import Classifier, TrackingEvidence, Verdict
 from classifier.classifier import DEFAULT_HORIZON
 from core.config import Settings
-from core.db import Database
+from core.db import Database, normalize_url
 from core.models import Run, Send, TrackedLink, TrackingEvent, utcnow
 from services.context import ServiceContext
 from services.network_list import ActiveList, NetworkListCache
-from services.report_rollup import on_tracking_verdict
-from services.segment_membership import on_contact_changed
+from services.report_rollup import ids as rollup_ids
+from services.report_rollup import rollup_tracking
+from services.segment_membership import on_contacts_changed
 from workflows.types import EngagementSignal
 
 log = logging.getLogger("journeys.tracking.judge")
 
 ENGAGEMENT_SIGNAL = "engagement"
+# PostgreSQL channel an API process notifies after committing hits.
+HITS_CHANNEL = "tracking_hits"
 
 # Signal outcomes stored in tracking_event.signal_result.
 SIGNAL_SENT = "sent"
@@ -56,6 +74,7 @@ SIGNAL_RPC_TIMEOUT = timedelta(seconds=5)
 JUDGE_ERROR = "judge_error"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CHANGED = "tracking_judge_changed"  # session.info key: verdicts stored in this transaction
 
 # Per-message mutex held until commit. The LIMIT stops at `n` locks taken, leaving the
 # other candidates to a second process.
@@ -80,8 +99,6 @@ class _SendFacts:
     sent_at: datetime
     exact: bool  # False while sent_at is still unknown (created_at stands in)
     links: int
-
-
 
 
 def judge_one(classifier: Classifier, row: TrackingEvent, facts: _SendFacts) -> list[Verdict]:
@@ -113,8 +130,16 @@ def evidence_of(row: TrackingEvent, facts: _SendFacts) -> TrackingEvidence:
     )
 
 
+class Ringer(Protocol):
+    """What the tracking endpoints call after recording a hit."""
+
+    def notify(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class TrackingJudge:
-    """Judges and signals in a loop; `notify()` wakes it as soon as a hit is recorded."""
+    """Judges and signals in a loop; `notify()` (or NOTIFY tracking_hits) wakes it."""
 
     def __init__(
         self,
@@ -126,6 +151,10 @@ class TrackingJudge:
         signal_batch: int = 100,
         poll_interval: float = 1.0,
         max_cached_messages: int = 20_000,
+        judge_tasks: int = 4,
+        signal_concurrency: int = 16,
+        listen: bool = True,
+        segment_delay: float = 0.25,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -134,14 +163,19 @@ class TrackingJudge:
         self.signal_batch = signal_batch
         self.poll_interval = poll_interval
         self.max_cached = max_cached_messages
+        self.judge_tasks = max(1, judge_tasks)
+        self.listen = listen
+        self.segment_delay = segment_delay
+        self._signal_slots = asyncio.Semaphore(max(1, signal_concurrency))
         self._networks = NetworkListCache(settings.home)
         self._active: ActiveList | None = None
         self._cache: OrderedDict[str, _MessageState] = OrderedDict()
         self._wake = asyncio.Event()
-        self._changed: list[tuple[TrackingEvent, str | None]] = []
         self._engaged_sends: set[str] = set()
         self._segments_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self.listening = False  # LISTEN tracking_hits is in effect
 
     # --- lifecycle --------------------------------------------------------
     @property
@@ -151,15 +185,18 @@ class TrackingJudge:
     def start(self) -> None:
         if not self.running:
             self._task = asyncio.create_task(self._run(), name="tracking-judge")
+        if self.listen and (self._listen_task is None or self._listen_task.done()):
+            self._listen_task = asyncio.create_task(self._listen(), name="tracking-judge-listen")
 
     async def stop(self) -> None:
+        for attr in ("_listen_task", "_task"):
+            task = getattr(self, attr)
+            setattr(self, attr, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._segments_task is not None:
             await asyncio.gather(self._segments_task, return_exceptions=True)
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
     def notify(self) -> None:
         self._wake.set()
@@ -185,14 +222,51 @@ class TrackingJudge:
             except TimeoutError:
                 pass
 
+    async def _listen(self) -> None:
+        """LISTEN on a connection of its own (a pooled one would be handed to others);
+        reconnects with a backoff, and the poll covers the gaps."""
+        conninfo = normalize_url(self.db.url).replace("postgresql+psycopg://", "postgresql://", 1)
+        delay = 0.5
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {HITS_CHANNEL}")
+                    self.listening = True
+                    delay = 0.5
+                    self.notify()  # hits committed before LISTEN took effect
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "LISTEN %s lost (%s); polling meanwhile", HITS_CHANNEL, type(exc).__name__
+                )
+            finally:
+                self.listening = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
     async def work_once(self) -> int:
-        """Judge what is queued, signalling new human events after every batch (so a
-        backlog never holds a person's click back). Returns the rows handled."""
+        """Judge what is queued (each judging transaction signals its humans as soon as
+        it commits), then signal whatever else waits. Returns the rows handled."""
         handled = 0
         while True:
+            started = time.perf_counter()
             judged = await self.judge_pending()
-            handled += judged + await self.signal_pending()
+            mid = time.perf_counter()
+            signalled = await self.signal_pending()
+            handled += judged + signalled
             self._schedule_segments()  # off the loop: a click never waits on segments
+            if judged or signalled:
+                log.debug(
+                    "judge round: %d judged in %.0f ms, %d swept signals in %.0f ms",
+                    judged,
+                    (mid - started) * 1000,
+                    signalled,
+                    (time.perf_counter() - mid) * 1000,
+                )
             if judged == 0:
                 return handled
 
@@ -205,41 +279,73 @@ class TrackingJudge:
         return active
 
     async def judge_pending(self) -> int:
-        """Judge the queued events of up to `batch_messages` messages in one transaction."""
+        """Judge the queued events of up to `judge_tasks` x `batch_messages` messages, in
+        up to `judge_tasks` concurrent transactions. Returns the events judged (and
+        signalled right after their transaction)."""
         active = self._index_changed()
-        try:
-            return await self._judge_batch(active)
-        except BaseException:
-            # Classifiers may hold verdicts that were never committed: start afresh.
-            self._cache.clear()
-            self._changed = []
-            raise
-
-    async def _judge_batch(self, active: ActiveList) -> int:
         async with self.db.session() as s:
-            candidates = (
-                await s.exec(
-                    select(TrackingEvent.send_id)
-                    .where(col(TrackingEvent.verdict).is_(None))
-                    .group_by(col(TrackingEvent.send_id))
-                    .order_by(func.min(TrackingEvent.at))
-                    # A few more than we take: some may be held by another process.
-                    .limit(self.batch_messages * 2)
-                )
-            ).all()
-            if not candidates:
-                return 0
+            candidates = list(
+                (
+                    await s.exec(
+                        select(TrackingEvent.send_id)
+                        .where(col(TrackingEvent.verdict).is_(None))
+                        .group_by(col(TrackingEvent.send_id))
+                        .order_by(func.min(TrackingEvent.at))
+                        # A few more than we take: some may be held by another process.
+                        .limit(self.batch_messages * self.judge_tasks * 2)
+                    )
+                ).all()
+            )
+        if not candidates:
+            return 0
+        # Oldest first into every slice, so each transaction starts on an old message.
+        n = min(self.judge_tasks, len(candidates))
+        slices = [candidates[i::n] for i in range(n)]
+        results = await asyncio.gather(
+            *(self._judge_slice(active, part) for part in slices), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
+        return sum(r for r in results if isinstance(r, int))
+
+    async def _judge_slice(self, active: ActiveList, candidates: list[str]) -> int:
+        t0 = time.perf_counter()
+        try:
+            judged, humans = await self._judge_batch(active, candidates)
+        except BaseException:
+            # Their classifiers may hold verdicts that were never committed: start afresh.
+            for send_id in candidates:
+                self._cache.pop(send_id, None)
+            raise
+        t1 = time.perf_counter()
+        signalled = await self._signal_queued(humans) if humans else 0
+        if judged:
+            log.debug(
+                "judged %d events in %.0f ms, signalled %d in %.0f ms",
+                judged,
+                (t1 - t0) * 1000,
+                signalled,
+                (time.perf_counter() - t1) * 1000,
+            )
+        return judged
+
+    async def _judge_batch(
+        self, active: ActiveList, candidates: list[str]
+    ) -> tuple[int, list[str]]:
+        """One transaction: lock up to `batch_messages` of the candidate messages, judge
+        their queued events in order, store the verdicts and report counts. Returns the
+        events judged and the ids of those judged human."""
+        async with self.db.session() as s:
             locked = [
                 r[0]
                 for r in (
-                    await s.exec(
-                        _LOCK_SQL, params={"ids": list(candidates), "n": self.batch_messages}
-                    )  # type: ignore[call-overload]
+                    await s.exec(_LOCK_SQL, params={"ids": candidates, "n": self.batch_messages})  # type: ignore[call-overload]
                 ).all()
             ]
             if not locked:
                 await s.rollback()
-                return 0
+                return 0, []
             pending = (
                 await s.exec(
                     select(TrackingEvent)
@@ -253,7 +359,7 @@ class TrackingJudge:
             ).all()
             if not pending:
                 await s.rollback()
-                return 0
+                return 0, []
             facts = await self._send_facts(s, locked)
             counts = await self._judged_counts(s, locked)
             now = utcnow()
@@ -277,8 +383,10 @@ class TrackingJudge:
                     await self._verdict_changed(s, row, None)
                     await self._apply_revisions(s, revisions, batch, now)
             await self._report_verdicts(s)
+            # Read before commit: a revision in this batch may have turned a human away.
+            humans = [r.id for r in pending if r.verdict == "human" and r.signal_result is None]
             await s.commit()
-        return len(pending)
+        return len(pending), humans
 
     async def _send_facts(self, s: AsyncSession, send_ids: Sequence[str]) -> dict[str, _SendFacts]:
         sends = {
@@ -403,28 +511,32 @@ class TrackingJudge:
     ) -> None:
         """Every stored verdict passes here: a first verdict (previous None) or a revision
         (previous = the verdict it replaces). Handed to the reports rollup before commit."""
-        self._changed.append((row, previous))
+        s.info.setdefault(_CHANGED, []).append((row, previous))
 
     async def _report_verdicts(self, s: AsyncSession) -> None:
         """Report counts move in the judging transaction, so they never disagree with the
-        stored verdicts (a revision moves a count from human to automated)."""
-        changed, self._changed = self._changed, []
+        stored verdicts (a revision moves a count from human to automated). One rollup
+        for the whole transaction: it recounts each event from its stored row."""
+        changed: list[tuple[TrackingEvent, str | None]] = s.info.pop(_CHANGED, [])
         if not changed:
             return
         await s.flush()  # the rollup reads the rows with SQL of its own
-        for row, previous in changed:
-            await on_tracking_verdict(s, row, previous)
+        await rollup_tracking(s, rollup_ids(dict.fromkeys(row.id for row, _ in changed)))
         # Behavioural segments ("opened in the last 90 days") read human verdicts.
         self._engaged_sends.update(
             row.send_id for row, previous in changed if "human" in (row.verdict, previous)
         )
 
+    # --- behavioural segments ---------------------------------------------
     def _schedule_segments(self) -> None:
         if self._engaged_sends and (self._segments_task is None or self._segments_task.done()):
             self._segments_task = asyncio.create_task(self._segments_loop())
 
     async def _segments_loop(self) -> None:
         while self._engaged_sends:
+            # A short pause gathers a burst's contacts into one refresh, and leaves the
+            # event loop and the database to the clicks meanwhile.
+            await asyncio.sleep(self.segment_delay)
             try:
                 await self._update_segments()
             except Exception as exc:  # the verdicts are stored; the sweep catches up later
@@ -432,32 +544,51 @@ class TrackingJudge:
                 return
 
     async def _update_segments(self) -> None:
-        """After the verdicts commit: re-evaluate the engaged contacts' segments."""
+        """After the verdicts commit: re-evaluate the engaged contacts' segments, all in
+        one refresh (one query per affected segment, not one round per contact)."""
         send_ids, self._engaged_sends = self._engaged_sends, set()
         if not send_ids:
             return
+        started = time.perf_counter()
         async with self.db.session() as s:
-            contact_ids = set(
-                (await s.exec(select(Send.contact_id).where(col(Send.id).in_(send_ids)))).all()
+            contact_ids = sorted(
+                set((await s.exec(select(Send.contact_id).where(col(Send.id).in_(send_ids)))).all())
             )
+            await s.commit()
             ctx = ServiceContext(s, self.settings, self.temporal)
-            for contact_id in contact_ids:
-                await on_contact_changed(ctx, contact_id, kinds={"engagement"})
+            await on_contacts_changed(ctx, contact_ids, kinds={"engagement"})
+        log.debug(
+            "segments refreshed for %d contacts in %.0f ms",
+            len(contact_ids),
+            (time.perf_counter() - started) * 1000,
+        )
 
     # --- signalling -------------------------------------------------------
     async def signal_pending(self) -> int:
+        """Signal queued human events (those a judging transaction could not, or that
+        another process judged). Returns the rows handled."""
+        return await self._signal_queued(None)
+
+    async def _signal_queued(self, only: Sequence[str] | None) -> int:
+        """Take up to `signal_batch` unsignalled human rows (`only` these ids if given)
+        with FOR UPDATE SKIP LOCKED, signal their runs concurrently, store the outcomes.
+        The row locks make each event signalled by one transaction only."""
         if self.temporal is None:
             return 0  # stays queued until a Temporal client is available
+        query = (
+            select(TrackingEvent, Send, Run)
+            .join(Send, col(Send.id) == col(TrackingEvent.send_id), isouter=True)
+            .join(Run, col(Run.id) == col(Send.run_id), isouter=True)
+            .where(TrackingEvent.verdict == "human")
+            .where(col(TrackingEvent.signal_result).is_(None))
+        )
+        if only is not None:
+            query = query.where(col(TrackingEvent.id).in_(only))
         async with self.db.session() as s:
             rows: list[Any] = list(
                 (
                     await s.exec(
-                        select(TrackingEvent, Send, Run)
-                        .join(Send, col(Send.id) == col(TrackingEvent.send_id), isouter=True)
-                        .join(Run, col(Run.id) == col(Send.run_id), isouter=True)
-                        .where(TrackingEvent.verdict == "human")
-                        .where(col(TrackingEvent.signal_result).is_(None))
-                        .order_by(col(TrackingEvent.at))
+                        query.order_by(col(TrackingEvent.at))
                         .limit(self.signal_batch)
                         .with_for_update(of=TrackingEvent, skip_locked=True)  # type: ignore[arg-type]
                     )
@@ -465,17 +596,26 @@ class TrackingJudge:
             )
             if not rows:
                 return 0
-            for event, send, run in rows:
-                result = await self._signal(event, send, run)
+            results = await asyncio.gather(
+                *(self._signal_bounded(event, send, run) for event, send, run in rows)
+            )
+            now = utcnow()
+            for (event, _, _), result in zip(rows, results, strict=True):
                 if result is None:
                     continue  # Temporal unreachable: leave queued
                 event.signal_result = result
                 if result == SIGNAL_SENT:
                     event.signalled = True
-                    event.signalled_at = utcnow()
+                    event.signalled_at = now
                 s.add(event)
             await s.commit()
             return len(rows)
+
+    async def _signal_bounded(
+        self, event: TrackingEvent, send: Send | None, run: Run | None
+    ) -> str | None:
+        async with self._signal_slots:
+            return await self._signal(event, send, run)
 
     async def _signal(self, event: TrackingEvent, send: Send | None, run: Run | None) -> str | None:
         assert self.temporal is not None
@@ -501,3 +641,53 @@ class TrackingJudge:
             log.warning("engagement signal not delivered (%s); will retry", exc.status.name)
             return None
         return SIGNAL_SENT
+
+
+class Doorbell:
+    """The API's side when the judge runs elsewhere (TRACKING_JUDGE_IN_API=false): after
+    a hit is committed, `NOTIFY tracking_hits` wakes every listening judge. Rings are
+    coalesced: one in flight, and one more if hits arrived meanwhile."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._again = False
+        self._task: asyncio.Task[None] | None = None
+
+    def notify(self) -> None:
+        self._again = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._ring(), name="tracking-doorbell")
+
+    async def _ring(self) -> None:
+        while self._again:
+            self._again = False
+            try:
+                async with self.db.session() as s:
+                    await s.exec(text(f"NOTIFY {HITS_CHANNEL}"))  # type: ignore[call-overload]
+                    await s.commit()
+            except Exception as exc:  # the judges' poll still finds the hits
+                log.warning("NOTIFY %s failed: %s", HITS_CHANNEL, type(exc).__name__)
+                return
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None, **tuning: Any) -> None:
+    """`journeys judge`: one judge on its own until `stop` is set (or cancelled)."""
+    from core.temporal import connect
+
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set (journeys dev sets it for you)")
+    db = Database(settings.database_url)
+    judge = TrackingJudge(db, settings, await connect(settings), **tuning)
+    judge.start()
+    log.info(
+        "tracking judge running (LISTEN %s, poll every %.1fs)", HITS_CHANNEL, judge.poll_interval
+    )
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await judge.stop()
+        await db.dispose()
