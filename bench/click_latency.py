@@ -7,6 +7,11 @@ judged by the background judge and signalled; the worker (another process) moves
 run to its `yes` step. Latency = when the workflow entered `yes` (its step log) minus
 when the click was sent. Baseline, same run: the same journey's runs signalled
 directly with `engagement` through the Temporal client (no HTTP, no judge).
+
+The default is 200 runs clicked as a burst (4 at a time, 50 ms apart). With
+`--judge-process` the API runs with TRACKING_JUDGE_IN_API=false beside a `journeys judge`
+process (the production topology). The breakdown splits each click's latency into
+recorded (click sent -> row stored), judged, signalled and next step started.
 """
 
 from __future__ import annotations
@@ -29,7 +34,14 @@ from sqlalchemy import insert  # noqa: E402
 from sqlmodel import col, select  # noqa: E402
 
 from bench.stack import CHILD_LOG, BenchStack, bench_stack  # noqa: E402
-from core.models import Consent, Contact, OutboxMessage, Send, StepLog  # noqa: E402
+from core.models import (  # noqa: E402
+    Consent,
+    Contact,
+    OutboxMessage,
+    Send,
+    StepLog,
+    TrackingEvent,
+)
 from core.temporal import connect  # noqa: E402
 from devstack.ports import free_port  # noqa: E402
 from services.context import ServiceContext  # noqa: E402
@@ -154,18 +166,72 @@ async def waiting(stack: BenchStack, key: str, n: int) -> None:
         await asyncio.sleep(0.2)
 
 
+async def breakdown(
+    stack: BenchStack, key: str, sent_at: dict[str, datetime], done: dict[str, datetime]
+) -> dict[str, list[float]]:
+    """Per click: sent -> stored, stored -> judged, judged -> signal recorded (the
+    signaller stores the outcome after its batch of RPCs), signal -> next step started."""
+    async with stack.db.session() as s:
+        rows = (
+            await s.exec(
+                select(
+                    Send.contact_id,
+                    TrackingEvent.at,
+                    TrackingEvent.judged_at,
+                    TrackingEvent.signalled_at,
+                )
+                .join(Send, col(Send.id) == col(TrackingEvent.send_id))
+                .where(Send.journey_key == key)
+                .where(TrackingEvent.verdict == "human")
+            )
+        ).all()
+    out: dict[str, list[float]] = {
+        "click sent -> hit stored": [],
+        "hit stored -> verdict": [],
+        "verdict -> signal RPCs returned": [],
+        "signal returned -> next step started": [],
+    }
+    for cid, at, judged_at, signalled_at in rows:
+        if cid not in sent_at or judged_at is None or signalled_at is None or cid not in done:
+            continue
+        out["click sent -> hit stored"].append((at - sent_at[cid]).total_seconds())
+        out["hit stored -> verdict"].append((judged_at - at).total_seconds())
+        out["verdict -> signal RPCs returned"].append((signalled_at - judged_at).total_seconds())
+        out["signal returned -> next step started"].append(
+            (done[cid] - signalled_at).total_seconds()
+        )
+    return out
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--baseline-runs", type=int, default=50)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--interval", type=float, default=0.05, help="pause after each click (s)")
+    ap.add_argument(
+        "--judge-process", action="store_true", help="judge in `journeys judge`, not the API"
+    )
+    ap.add_argument("--verbose", action="store_true", help="the judge logs its rounds (DEBUG)")
     args = ap.parse_args()
     async with bench_stack() as stack:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         worker = stack.spawn("-m", "cli.main", "worker", PUBLIC_BASE_URL=base)  # mints the URLs
-        api = stack.spawn("-m", "cli.main", "api", "--port", str(port), PUBLIC_BASE_URL=base)
+        in_api = "false" if args.judge_process else "true"
+        api = stack.spawn(
+            "-m",
+            "cli.main",
+            "api",
+            "--port",
+            str(port),
+            PUBLIC_BASE_URL=base,
+            TRACKING_JUDGE_IN_API=in_api,
+        )
+        children = [api, worker]
+        if args.judge_process:
+            extra = ["--verbose"] if args.verbose else []
+            children.append(stack.spawn("-m", "cli.main", "judge", *extra))
         try:
             key, ids = await setup(stack, args.runs, "h")
             bkey, bids = await setup(stack, args.baseline_runs, "b")
@@ -196,7 +262,9 @@ async def main() -> None:
                         break
                     except httpx.HTTPError:
                         if api.poll() is not None:
-                            raise RuntimeError("the API process exited; see " + str(CHILD_LOG)) from None
+                            raise RuntimeError(
+                                "the API process exited; see " + str(CHILD_LOG)
+                            ) from None
                         await asyncio.sleep(0.2)
 
                 async def click(cid: str, url: str, i: int) -> None:
@@ -225,6 +293,7 @@ async def main() -> None:
             ):
                 await asyncio.sleep(0.2)
             lat = [(done[c] - sent_at[c]).total_seconds() for c in done if c in sent_at]
+            phases = await breakdown(stack, key, sent_at, done)
 
             client = await connect(stack.settings)
             async with stack.db.session() as s:
@@ -249,7 +318,7 @@ async def main() -> None:
                 await asyncio.sleep(0.2)
             blat = [(bdone[c] - bsent[c]).total_seconds() for c in bdone]
         finally:
-            for p in (api, worker):
+            for p in children:
                 p.terminate()
                 p.wait()
     ms = 1000
@@ -263,6 +332,10 @@ async def main() -> None:
         f"baseline direct signal -> next step: p50 {statistics.median(blat) * ms:.0f} ms, p95 {pct(blat, 95) * ms:.0f} ms"
     )
     print(f"ratio p95 click/direct: {pct(lat, 95) / pct(blat, 95):.2f}")
+    print("where the time goes (p50 / p95 ms):")
+    for name, xs in phases.items():
+        if xs:
+            print(f"  {name:<34} {statistics.median(xs) * ms:6.0f} / {pct(xs, 95) * ms:6.0f}")
 
 
 if __name__ == "__main__":

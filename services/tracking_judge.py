@@ -202,6 +202,10 @@ class TrackingJudge:
         self._wake.set()
 
     async def _run(self) -> None:
+        try:
+            self._index_changed()  # load the network list now, not on the first click
+        except Exception as exc:
+            log.error("network list not loaded: %s", type(exc).__name__)
         backoff = self.poll_interval
         while True:
             self._wake.clear()
@@ -249,24 +253,18 @@ class TrackingJudge:
             delay = min(delay * 2, 30.0)
 
     async def work_once(self) -> int:
-        """Judge what is queued (each judging transaction signals its humans as soon as
-        it commits), then signal whatever else waits. Returns the rows handled."""
+        """Judge (and signal) what is queued until nothing is, then sweep up human events
+        left unsignalled (Temporal was unreachable, or the process stopped in between).
+        Returns the rows handled."""
         handled = 0
+        swept = time.monotonic()
         while True:
-            started = time.perf_counter()
             judged = await self.judge_pending()
-            mid = time.perf_counter()
-            signalled = await self.signal_pending()
-            handled += judged + signalled
+            handled += judged
             self._schedule_segments()  # off the loop: a click never waits on segments
-            if judged or signalled:
-                log.debug(
-                    "judge round: %d judged in %.0f ms, %d swept signals in %.0f ms",
-                    judged,
-                    (mid - started) * 1000,
-                    signalled,
-                    (time.perf_counter() - mid) * 1000,
-                )
+            if judged == 0 or time.monotonic() - swept > self.poll_interval:
+                handled += await self.signal_pending()
+                swept = time.monotonic()
             if judged == 0:
                 return handled
 
@@ -279,73 +277,75 @@ class TrackingJudge:
         return active
 
     async def judge_pending(self) -> int:
-        """Judge the queued events of up to `judge_tasks` x `batch_messages` messages, in
-        up to `judge_tasks` concurrent transactions. Returns the events judged (and
-        signalled right after their transaction)."""
+        """Judge what is queued with `judge_tasks` concurrent workers, each taking its
+        share of the queued messages per transaction until none is left. A hit that
+        arrives meanwhile waits for the first worker to finish its transaction, not for
+        a whole round. Returns the events judged."""
         active = self._index_changed()
-        async with self.db.session() as s:
-            candidates = list(
-                (
-                    await s.exec(
-                        select(TrackingEvent.send_id)
-                        .where(col(TrackingEvent.verdict).is_(None))
-                        .group_by(col(TrackingEvent.send_id))
-                        .order_by(func.min(TrackingEvent.at))
-                        # A few more than we take: some may be held by another process.
-                        .limit(self.batch_messages * self.judge_tasks * 2)
-                    )
-                ).all()
-            )
-        if not candidates:
-            return 0
-        # Oldest first into every slice, so each transaction starts on an old message.
-        n = min(self.judge_tasks, len(candidates))
-        slices = [candidates[i::n] for i in range(n)]
         results = await asyncio.gather(
-            *(self._judge_slice(active, part) for part in slices), return_exceptions=True
+            *(self._judge_worker(active) for _ in range(self.judge_tasks)),
+            return_exceptions=True,
         )
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             raise failures[0]
         return sum(r for r in results if isinstance(r, int))
 
-    async def _judge_slice(self, active: ActiveList, candidates: list[str]) -> int:
-        t0 = time.perf_counter()
-        try:
-            judged, humans = await self._judge_batch(active, candidates)
-        except BaseException:
-            # Their classifiers may hold verdicts that were never committed: start afresh.
-            for send_id in candidates:
-                self._cache.pop(send_id, None)
-            raise
-        t1 = time.perf_counter()
-        signalled = await self._signal_queued(humans) if humans else 0
-        if judged:
+    async def _judge_worker(self, active: ActiveList) -> int:
+        total = 0
+        while True:
+            started = time.perf_counter()
+            locked: list[str] = []
+            try:
+                judged, signalled = await self._judge_batch(active, locked)
+            except BaseException:
+                # Their classifiers may hold verdicts that were never committed.
+                for send_id in locked:
+                    self._cache.pop(send_id, None)
+                raise
+            if not judged:
+                return total
+            total += judged
             log.debug(
-                "judged %d events in %.0f ms, signalled %d in %.0f ms",
+                "judged %d events (%d signalled) in %.0f ms",
                 judged,
-                (t1 - t0) * 1000,
                 signalled,
-                (time.perf_counter() - t1) * 1000,
+                (time.perf_counter() - started) * 1000,
             )
-        return judged
 
-    async def _judge_batch(
-        self, active: ActiveList, candidates: list[str]
-    ) -> tuple[int, list[str]]:
-        """One transaction: lock up to `batch_messages` of the candidate messages, judge
-        their queued events in order, store the verdicts and report counts. Returns the
-        events judged and the ids of those judged human."""
+    async def _judge_batch(self, active: ActiveList, locked: list[str]) -> tuple[int, int]:
+        """One transaction: lock a share of the queued messages (appended to `locked`),
+        judge their events in order, signal the runs of the humans, store verdicts,
+        signal outcomes and report counts together. Returns (judged, signalled).
+
+        Signalling before the commit saves a transaction on the click's path. If the
+        commit then fails, the events are judged and signalled again: the workflow drops
+        an engagement whose tracking_event_id it has already seen."""
         async with self.db.session() as s:
-            locked = [
+            candidates = (
+                await s.exec(
+                    select(TrackingEvent.send_id)
+                    .where(col(TrackingEvent.verdict).is_(None))
+                    .group_by(col(TrackingEvent.send_id))
+                    .order_by(func.min(TrackingEvent.at))
+                    # More than we take: the other workers and processes hold some.
+                    .limit(self.batch_messages * self.judge_tasks * 2)
+                )
+            ).all()
+            if not candidates:
+                return 0, 0
+            # A fair share, so a burst is split between the workers rather than queued
+            # behind one of them.
+            take = max(1, min(self.batch_messages, -(-len(candidates) // self.judge_tasks)))
+            locked += [
                 r[0]
                 for r in (
-                    await s.exec(_LOCK_SQL, params={"ids": candidates, "n": self.batch_messages})  # type: ignore[call-overload]
+                    await s.exec(_LOCK_SQL, params={"ids": list(candidates), "n": take})  # type: ignore[call-overload]
                 ).all()
             ]
             if not locked:
                 await s.rollback()
-                return 0, []
+                return 0, 0
             pending = (
                 await s.exec(
                     select(TrackingEvent)
@@ -359,8 +359,8 @@ class TrackingJudge:
             ).all()
             if not pending:
                 await s.rollback()
-                return 0, []
-            facts = await self._send_facts(s, locked)
+                return 0, 0
+            sends, facts = await self._send_facts(s, locked)
             counts = await self._judged_counts(s, locked)
             now = utcnow()
             by_send: dict[str, list[TrackingEvent]] = {}
@@ -382,13 +382,16 @@ class TrackingJudge:
                     s.add(row)
                     await self._verdict_changed(s, row, None)
                     await self._apply_revisions(s, revisions, batch, now)
+            # Final verdicts: a later event in this batch may have revised an earlier one.
+            humans = [r for r in pending if r.verdict == "human" and r.signal_result is None]
+            signalled = await self._signal_rows(s, humans, sends) if humans else 0
             await self._report_verdicts(s)
-            # Read before commit: a revision in this batch may have turned a human away.
-            humans = [r.id for r in pending if r.verdict == "human" and r.signal_result is None]
             await s.commit()
-        return len(pending), humans
+        return len(pending), signalled
 
-    async def _send_facts(self, s: AsyncSession, send_ids: Sequence[str]) -> dict[str, _SendFacts]:
+    async def _send_facts(
+        self, s: AsyncSession, send_ids: Sequence[str]
+    ) -> tuple[dict[str, Send], dict[str, _SendFacts]]:
         sends = {
             r.id: r for r in (await s.exec(select(Send).where(col(Send.id).in_(send_ids)))).all()
         }
@@ -415,7 +418,7 @@ class TrackingJudge:
                 # No ledger row (should not happen: links are written with their send).
                 # The epoch makes timing evidence neutral rather than "too fast".
                 out[sid] = _SendFacts(_EPOCH, False, links)
-        return out
+        return sends, out
 
     async def _judged_counts(self, s: AsyncSession, send_ids: Sequence[str]) -> dict[str, int]:
         rows = (
@@ -596,20 +599,42 @@ class TrackingJudge:
             )
             if not rows:
                 return 0
-            results = await asyncio.gather(
-                *(self._signal_bounded(event, send, run) for event, send, run in rows)
-            )
-            now = utcnow()
-            for (event, _, _), result in zip(rows, results, strict=True):
-                if result is None:
-                    continue  # Temporal unreachable: leave queued
-                event.signal_result = result
-                if result == SIGNAL_SENT:
-                    event.signalled = True
-                    event.signalled_at = now
-                s.add(event)
+            await self._signal_all(s, rows)
             await s.commit()
             return len(rows)
+
+    async def _signal_rows(
+        self, s: AsyncSession, events: Sequence[TrackingEvent], sends: dict[str, Send]
+    ) -> int:
+        """Signal, inside the judging transaction, the runs of events judged human there."""
+        if self.temporal is None:
+            return 0  # the sweep signals them once a client is there
+        run_ids = {sends[e.send_id].run_id for e in events if e.send_id in sends}
+        runs = {r.id: r for r in (await s.exec(select(Run).where(col(Run.id).in_(run_ids)))).all()}
+        rows = []
+        for event in events:
+            send = sends.get(event.send_id)
+            rows.append((event, send, runs.get(send.run_id) if send is not None else None))
+        return await self._signal_all(s, rows)
+
+    async def _signal_all(
+        self, s: AsyncSession, rows: Sequence[tuple[TrackingEvent, Send | None, Run | None]]
+    ) -> int:
+        """Concurrent signals (bounded); each outcome is stored on its row (in `s`).
+        Returns how many reached a run."""
+        results = await asyncio.gather(
+            *(self._signal_bounded(event, send, run) for event, send, run in rows)
+        )
+        now = utcnow()
+        for (event, _, _), result in zip(rows, results, strict=True):
+            if result is None:
+                continue  # Temporal unreachable: leave queued
+            event.signal_result = result
+            if result == SIGNAL_SENT:
+                event.signalled = True
+                event.signalled_at = now
+            s.add(event)
+        return sum(1 for r in results if r == SIGNAL_SENT)
 
     async def _signal_bounded(
         self, event: TrackingEvent, send: Send | None, run: Run | None
