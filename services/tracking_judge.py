@@ -101,6 +101,14 @@ class _SendFacts:
     links: int
 
 
+def _share(items: Sequence[str], n: int, most: int) -> list[list[str]]:
+    """Up to `n` slices of at most `most` items, dealt round-robin so that every slice
+    starts with one of the oldest."""
+    if n <= 0:
+        return []
+    return [list(items[i::n][:most]) for i in range(n)]
+
+
 def judge_one(classifier: Classifier, row: TrackingEvent, facts: _SendFacts) -> list[Verdict]:
     """The classifier's verdicts for a stored event; a fault in judging one event gives
     that event `unknown` instead of blocking its message's queue for ever."""
@@ -256,17 +264,9 @@ class TrackingJudge:
         """Judge (and signal) what is queued until nothing is, then sweep up human events
         left unsignalled (Temporal was unreachable, or the process stopped in between).
         Returns the rows handled."""
-        handled = 0
-        swept = time.monotonic()
-        while True:
-            judged = await self.judge_pending()
-            handled += judged
-            self._schedule_segments()  # off the loop: a click never waits on segments
-            if judged == 0 or time.monotonic() - swept > self.poll_interval:
-                handled += await self.signal_pending()
-                swept = time.monotonic()
-            if judged == 0:
-                return handled
+        judged = await self.judge_pending()
+        self._schedule_segments()
+        return judged + await self.signal_pending()
 
     # --- judging ----------------------------------------------------------
     def _index_changed(self) -> ActiveList:
@@ -277,70 +277,103 @@ class TrackingJudge:
         return active
 
     async def judge_pending(self) -> int:
-        """Judge what is queued with `judge_tasks` concurrent workers, each taking its
-        share of the queued messages per transaction until none is left. A hit that
-        arrives meanwhile waits for the first worker to finish its transaction, not for
-        a whole round. Returns the events judged."""
+        """Judge what is queued until nothing is, in up to `judge_tasks` transactions at
+        once. Whenever one commits (or a hit arrives) and a slot is free, the queue is read
+        again and its messages are shared out between the free slots, so a new hit waits
+        for the first free slot, never for a whole round. Messages in flight here are left
+        out; other processes' are skipped by their advisory locks. Returns events judged."""
         active = self._index_changed()
-        results = await asyncio.gather(
-            *(self._judge_worker(active) for _ in range(self.judge_tasks)),
-            return_exceptions=True,
-        )
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            raise failures[0]
-        return sum(r for r in results if isinstance(r, int))
-
-    async def _judge_worker(self, active: ActiveList) -> int:
+        inflight: dict[asyncio.Future[tuple[int, int]], list[str]] = {}
         total = 0
-        while True:
-            started = time.perf_counter()
-            locked: list[str] = []
-            try:
-                judged, signalled = await self._judge_batch(active, locked)
-            except BaseException:
-                # Their classifiers may hold verdicts that were never committed.
-                for send_id in locked:
-                    self._cache.pop(send_id, None)
-                raise
-            if not judged:
-                return total
-            total += judged
+        failure: BaseException | None = None
+        swept = time.monotonic()
+        sweep: asyncio.Task[int] | None = None
+        woken: asyncio.Task[bool] | None = None
+        try:
+            while True:
+                rearm = woken is None or woken.done()
+                if rearm:
+                    self._wake.clear()  # before reading the queue: a later hit wakes us
+                free = self.judge_tasks - len(inflight)
+                if free and failure is None:
+                    held = [sid for ids in inflight.values() for sid in ids]
+                    candidates = await self._candidates(held)
+                    for part in _share(candidates, min(free, len(candidates)), self.batch_messages):
+                        inflight[asyncio.ensure_future(self._judge_slice(active, part))] = part
+                if not inflight:
+                    break
+                if rearm:
+                    woken = asyncio.create_task(self._wake.wait())
+                assert woken is not None
+                waiting: list[asyncio.Future[Any]] = [*inflight, woken]
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for fut, part in list(inflight.items()):
+                    if fut not in done:
+                        continue
+                    del inflight[fut]
+                    try:
+                        total += fut.result()[0]
+                    except Exception as exc:
+                        # Their classifiers may hold verdicts that were never committed.
+                        for send_id in part:
+                            self._cache.pop(send_id, None)
+                        failure = failure or exc
+                self._schedule_segments()
+                if time.monotonic() - swept > self.poll_interval and (
+                    sweep is None or sweep.done()
+                ):
+                    # A long burst must not hold back what the sweep would signal.
+                    sweep = asyncio.create_task(self.signal_pending())
+                    swept = time.monotonic()
+        finally:
+            if woken is not None:
+                woken.cancel()
+            rest: list[asyncio.Future[Any]] = [*inflight, *([sweep] if sweep else [])]
+            if rest:
+                await asyncio.gather(*rest, return_exceptions=True)
+        if failure is not None:
+            raise failure
+        return total
+
+    async def _candidates(self, held: Sequence[str]) -> list[str]:
+        """Messages with queued events, oldest first, leaving out those in flight here."""
+        query = (
+            select(TrackingEvent.send_id)
+            .where(col(TrackingEvent.verdict).is_(None))
+            .group_by(col(TrackingEvent.send_id))
+            .order_by(func.min(TrackingEvent.at))
+            .limit(self.batch_messages * self.judge_tasks)
+        )
+        if held:
+            query = query.where(col(TrackingEvent.send_id).not_in(held))
+        async with self.db.session() as s:
+            return list((await s.exec(query)).all())
+
+    async def _judge_slice(self, active: ActiveList, candidates: list[str]) -> tuple[int, int]:
+        started = time.perf_counter()
+        judged, signalled = await self._judge_batch(active, candidates)
+        if judged:
             log.debug(
                 "judged %d events (%d signalled) in %.0f ms",
                 judged,
                 signalled,
                 (time.perf_counter() - started) * 1000,
             )
+        return judged, signalled
 
-    async def _judge_batch(self, active: ActiveList, locked: list[str]) -> tuple[int, int]:
-        """One transaction: lock a share of the queued messages (appended to `locked`),
-        judge their events in order, signal the runs of the humans, store verdicts,
+    async def _judge_batch(self, active: ActiveList, candidates: list[str]) -> tuple[int, int]:
+        """One transaction: lock the candidate messages no other process holds, judge
+        their queued events in order, signal the runs of the humans, store verdicts,
         signal outcomes and report counts together. Returns (judged, signalled).
 
         Signalling before the commit saves a transaction on the click's path. If the
         commit then fails, the events are judged and signalled again: the workflow drops
         an engagement whose tracking_event_id it has already seen."""
         async with self.db.session() as s:
-            candidates = (
-                await s.exec(
-                    select(TrackingEvent.send_id)
-                    .where(col(TrackingEvent.verdict).is_(None))
-                    .group_by(col(TrackingEvent.send_id))
-                    .order_by(func.min(TrackingEvent.at))
-                    # More than we take: the other workers and processes hold some.
-                    .limit(self.batch_messages * self.judge_tasks * 2)
-                )
-            ).all()
-            if not candidates:
-                return 0, 0
-            # A fair share, so a burst is split between the workers rather than queued
-            # behind one of them.
-            take = max(1, min(self.batch_messages, -(-len(candidates) // self.judge_tasks)))
-            locked += [
+            locked = [
                 r[0]
                 for r in (
-                    await s.exec(_LOCK_SQL, params={"ids": list(candidates), "n": take})  # type: ignore[call-overload]
+                    await s.exec(_LOCK_SQL, params={"ids": candidates, "n": len(candidates)})  # type: ignore[call-overload]
                 ).all()
             ]
             if not locked:
