@@ -6,7 +6,8 @@ The click goes over HTTP to `journeys api` (a separate process, loopback), is re
 judged by the background judge and signalled; the worker (another process) moves the
 run to its `yes` step. Latency = when the workflow entered `yes` (its step log) minus
 when the click was sent. Baseline, same run: the same journey's runs signalled
-directly with `engagement` through the Temporal client (no HTTP, no judge).
+directly with `engagement` through the Temporal client (no HTTP, no judge), in the same
+shape (as many at a time, the same pause).
 
 The default is 200 runs clicked as a burst (4 at a time, 50 ms apart). With
 `--judge-process` the API runs with TRACKING_JUDGE_IN_API=false beside a `journeys judge`
@@ -206,7 +207,7 @@ async def breakdown(
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=200)
-    ap.add_argument("--baseline-runs", type=int, default=50)
+    ap.add_argument("--baseline-runs", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--interval", type=float, default=0.05, help="pause after each click (s)")
     ap.add_argument(
@@ -302,14 +303,20 @@ async def main() -> None:
                     for x in (await s.exec(select(Send).where(col(Send.journey_key) == bkey))).all()
                 }
             bsent: dict[str, datetime] = {}
-            for i, cid in enumerate(bids):
-                bsent[cid] = datetime.now(UTC)
-                await client.get_workflow_handle(workflow_id(bkey, cid)).signal(
-                    "engagement",
-                    EngagementSignal(
-                        f"bench-{i}", bsends[cid].id, "mail", "click", "book", datetime.now(UTC)
-                    ),
-                )
+
+            async def direct(i: int, cid: str) -> None:
+                # The clicks' shape (concurrency, pause), without HTTP and judge.
+                async with sem:
+                    bsent[cid] = datetime.now(UTC)
+                    await client.get_workflow_handle(workflow_id(bkey, cid)).signal(
+                        "engagement",
+                        EngagementSignal(
+                            f"bench-{i}", bsends[cid].id, "mail", "click", "book", bsent[cid]
+                        ),
+                    )
+                    await asyncio.sleep(args.interval)
+
+            await asyncio.gather(*(direct(i, cid) for i, cid in enumerate(bids)))
             deadline = time.monotonic() + 60
             while (
                 len(bdone := await entered_yes(stack, bkey)) < len(bids)

@@ -209,11 +209,23 @@ class TrackingJudge:
     def notify(self) -> None:
         self._wake.set()
 
+    async def warm_up(self) -> None:
+        """Load the network list and open a connection per judging slot now, so the first
+        click after a start does not pay for them."""
+        self._index_changed()
+
+        async def ping() -> None:
+            async with self.db.session() as s:
+                await s.exec(text("SELECT 1"))  # type: ignore[call-overload]
+
+        await asyncio.gather(*(ping() for _ in range(self.judge_tasks)))
+        await self._candidates([])
+
     async def _run(self) -> None:
         try:
-            self._index_changed()  # load the network list now, not on the first click
-        except Exception as exc:
-            log.error("network list not loaded: %s", type(exc).__name__)
+            await self.warm_up()
+        except Exception as exc:  # the rounds retry whatever this could not do
+            log.error("judge warm-up failed: %s", type(exc).__name__)
         backoff = self.poll_interval
         while True:
             self._wake.clear()
