@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -63,6 +64,7 @@ log = logging.getLogger("journeys.tracking.judge")
 ENGAGEMENT_SIGNAL = "engagement"
 # PostgreSQL channel an API process notifies after committing hits.
 HITS_CHANNEL = "tracking_hits"
+LISTENER_NAME = "journeys-judge"  # + "-<pid>": the listener in pg_stat_activity
 
 # Signal outcomes stored in tracking_event.signal_result.
 SIGNAL_SENT = "sent"
@@ -253,7 +255,9 @@ class TrackingJudge:
         delay = 0.5
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(
+                    conninfo, autocommit=True, application_name=f"{LISTENER_NAME}-{os.getpid()}"
+                )
                 async with conn:
                     await conn.execute(f"LISTEN {HITS_CHANNEL}")
                     self.listening = True
