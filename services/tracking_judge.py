@@ -409,8 +409,7 @@ class TrackingJudge:
             if not pending:
                 await s.rollback()
                 return 0, 0
-            sends, facts = await self._send_facts(s, locked)
-            counts = await self._judged_counts(s, locked)
+            sends, runs, facts, counts = await self._message_facts(s, locked)
             now = utcnow()
             by_send: dict[str, list[TrackingEvent]] = {}
             for row in pending:
@@ -433,41 +432,54 @@ class TrackingJudge:
                     await self._apply_revisions(s, revisions, batch, now)
             # Final verdicts: a later event in this batch may have revised an earlier one.
             humans = [r for r in pending if r.verdict == "human" and r.signal_result is None]
-            signalled = await self._signal_rows(s, humans, sends) if humans else 0
+            signalled = await self._signal_rows(s, humans, sends, runs) if humans else 0
             await self._report_verdicts(s)
             await s.commit()
         return len(pending), signalled
 
-    async def _send_facts(
+    async def _message_facts(
         self, s: AsyncSession, send_ids: Sequence[str]
-    ) -> tuple[dict[str, Send], dict[str, _SendFacts]]:
-        sends = {
-            r.id: r for r in (await s.exec(select(Send).where(col(Send.id).in_(send_ids)))).all()
-        }
-        link_counts: dict[str, int] = {
-            sid: int(n)
-            for sid, n in (
-                await s.exec(
-                    select(TrackedLink.send_id, func.count())
-                    .where(col(TrackedLink.send_id).in_(send_ids))
-                    .where(TrackedLink.kind == "click")
-                    .group_by(col(TrackedLink.send_id))
-                )
-            ).all()
-        }
-        out: dict[str, _SendFacts] = {}
-        for sid in send_ids:
-            send = sends.get(sid)
-            links = link_counts.get(sid, 0)
-            if send is not None and send.sent_at is not None:
-                out[sid] = _SendFacts(send.sent_at, True, links)
-            elif send is not None:
-                out[sid] = _SendFacts(send.created_at, False, links)
-            else:
-                # No ledger row (should not happen: links are written with their send).
-                # The epoch makes timing evidence neutral rather than "too fast".
-                out[sid] = _SendFacts(_EPOCH, False, links)
-        return sends, out
+    ) -> tuple[dict[str, Send], dict[str, Run], dict[str, _SendFacts], dict[str, int]]:
+        """In one query: each message's send row and run, its click-link count and how
+        many of its events are judged already (one round trip on the click's path)."""
+        links = (
+            select(func.count())
+            .where(col(TrackedLink.send_id) == col(Send.id))
+            .where(TrackedLink.kind == "click")
+            .scalar_subquery()
+        )
+        judged = (
+            select(func.count())
+            .where(col(TrackingEvent.send_id) == col(Send.id))
+            .where(col(TrackingEvent.verdict).is_not(None))
+            .scalar_subquery()
+        )
+        rows = (
+            await s.exec(
+                select(Send, Run, links, judged)
+                .join(Run, col(Run.id) == col(Send.run_id), isouter=True)
+                .where(col(Send.id).in_(send_ids))
+            )
+        ).all()
+        sends: dict[str, Send] = {}
+        runs: dict[str, Run] = {}
+        facts: dict[str, _SendFacts] = {}
+        counts: dict[str, int] = {}
+        for send, run, n_links, n_judged in rows:
+            sends[send.id] = send
+            if run is not None:
+                runs[run.id] = run
+            when = send.sent_at or send.created_at
+            facts[send.id] = _SendFacts(when, send.sent_at is not None, int(n_links))
+            counts[send.id] = int(n_judged)
+        missing = [sid for sid in send_ids if sid not in sends]
+        if missing:
+            # No ledger row (should not happen: links are written with their send).
+            # The epoch makes timing evidence neutral rather than "too fast".
+            counts |= await self._judged_counts(s, missing)
+            for sid in missing:
+                facts[sid] = _SendFacts(_EPOCH, False, 0)
+        return sends, runs, facts, counts
 
     async def _judged_counts(self, s: AsyncSession, send_ids: Sequence[str]) -> dict[str, int]:
         rows = (
@@ -653,13 +665,15 @@ class TrackingJudge:
             return len(rows)
 
     async def _signal_rows(
-        self, s: AsyncSession, events: Sequence[TrackingEvent], sends: dict[str, Send]
+        self,
+        s: AsyncSession,
+        events: Sequence[TrackingEvent],
+        sends: dict[str, Send],
+        runs: dict[str, Run],
     ) -> int:
         """Signal, inside the judging transaction, the runs of events judged human there."""
         if self.temporal is None:
             return 0  # the sweep signals them once a client is there
-        run_ids = {sends[e.send_id].run_id for e in events if e.send_id in sends}
-        runs = {r.id: r for r in (await s.exec(select(Run).where(col(Run.id).in_(run_ids)))).all()}
         rows = []
         for event in events:
             send = sends.get(event.send_id)
