@@ -7,18 +7,24 @@ nothing (the rows stay queued) and several API processes share the work:
 - a message's events must be judged in order by one classifier, so a judge takes a
   per-message transaction-scoped advisory lock (skipping messages another process holds)
   and then the message's pending rows with SELECT ... FOR UPDATE SKIP LOCKED;
-- the signaller takes human rows with FOR UPDATE SKIP LOCKED, signals the run that sent
-  the message, and records the outcome, so each event is signalled once.
+- the judging transaction signals the runs of the events it judged human (their rows
+  are locked by it) and stores the outcomes with the verdicts. Should that commit fail
+  after a signal went out, the event is judged and signalled again and the workflow
+  drops the repeat (it keeps the tracking_event_ids it has seen);
+- a sweep takes human rows still unsignalled (Temporal was unreachable) with FOR UPDATE
+  SKIP LOCKED, signals and records the outcome, so each event is signalled by one
+  transaction.
 
 Per-message classifier state is cached in memory and rebuilt from the stored events
 (replayed in time order) when this process has not seen the message or another
 process has judged some of its events since.
 
 Latency (a person's click should move their journey within a second, even in a burst):
-- several judging transactions run at once, each over its own slice of the queued
-  messages (the advisory locks keep each message with one of them), and each signals
-  the humans it found as soon as it commits rather than after the whole round;
-- signals go out concurrently (bounded), since each is a network round trip;
+- up to `judge_tasks` judging transactions are in flight, each over its own share of
+  the queued messages; as soon as one commits (or a hit arrives) the queue is read
+  again, so a new hit waits for the first free slot, never for a whole round;
+- humans are signalled inside the judging transaction, concurrently (bounded), before
+  the report rollup and the commit: no second transaction on the click's path;
 - the loop wakes on `notify()` (hits recorded in this process) and on PostgreSQL
   `NOTIFY tracking_hits` (hits recorded by any API process), with a poll as fallback;
 - report counts are rolled up once per transaction, and behavioural-segment refreshes
@@ -64,6 +70,7 @@ log = logging.getLogger("journeys.tracking.judge")
 ENGAGEMENT_SIGNAL = "engagement"
 # PostgreSQL channel an API process notifies after committing hits.
 HITS_CHANNEL = "tracking_hits"
+HELD_ELSEWHERE_PAUSE = 0.25  # seconds before retrying messages another judge holds
 LISTENER_NAME = "journeys-judge"  # + "-<pid>": the listener in pg_stat_activity
 
 # Signal outcomes stored in tracking_event.signal_result.
@@ -305,6 +312,7 @@ class TrackingJudge:
         swept = time.monotonic()
         sweep: asyncio.Task[int] | None = None
         woken: asyncio.Task[bool] | None = None
+        elsewhere: dict[str, float] = {}  # message -> when to try it again
         try:
             while True:
                 rearm = woken is None or woken.done()
@@ -312,7 +320,9 @@ class TrackingJudge:
                     self._wake.clear()  # before reading the queue: a later hit wakes us
                 free = self.judge_tasks - len(inflight)
                 if free and failure is None:
+                    now = time.monotonic()
                     held = [sid for ids in inflight.values() for sid in ids]
+                    held += [sid for sid, until in elsewhere.items() if until > now]
                     candidates = await self._candidates(held)
                     for part in _share(candidates, min(free, len(candidates)), self.batch_messages):
                         inflight[asyncio.ensure_future(self._judge_slice(active, part))] = part
@@ -328,7 +338,14 @@ class TrackingJudge:
                         continue
                     del inflight[fut]
                     try:
-                        total += fut.result()[0]
+                        judged = fut.result()[0]
+                        total += judged
+                        if not judged:
+                            # Held by another process (or judged meanwhile): do not ask
+                            # for them again at once, or this loop would spin until the
+                            # holder commits. The holder judges what comes in meanwhile.
+                            until = time.monotonic() + HELD_ELSEWHERE_PAUSE
+                            elsewhere.update(dict.fromkeys(part, until))
                     except Exception as exc:
                         # Their classifiers may hold verdicts that were never committed.
                         for send_id in part:
@@ -629,14 +646,9 @@ class TrackingJudge:
 
     # --- signalling -------------------------------------------------------
     async def signal_pending(self) -> int:
-        """Signal queued human events (those a judging transaction could not, or that
-        another process judged). Returns the rows handled."""
-        return await self._signal_queued(None)
-
-    async def _signal_queued(self, only: Sequence[str] | None) -> int:
-        """Take up to `signal_batch` unsignalled human rows (`only` these ids if given)
-        with FOR UPDATE SKIP LOCKED, signal their runs concurrently, store the outcomes.
-        The row locks make each event signalled by one transaction only."""
+        """The sweep: take up to `signal_batch` human rows left unsignalled (Temporal was
+        unreachable when they were judged) with FOR UPDATE SKIP LOCKED, signal their runs
+        concurrently, store the outcomes. Returns the rows handled."""
         if self.temporal is None:
             return 0  # stays queued until a Temporal client is available
         query = (
@@ -646,8 +658,6 @@ class TrackingJudge:
             .where(TrackingEvent.verdict == "human")
             .where(col(TrackingEvent.signal_result).is_(None))
         )
-        if only is not None:
-            query = query.where(col(TrackingEvent.id).in_(only))
         async with self.db.session() as s:
             rows: list[Any] = list(
                 (
