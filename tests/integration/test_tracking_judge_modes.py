@@ -227,3 +227,25 @@ async def test_concurrent_judging_keeps_message_order_and_signals_each_human_onc
     await asyncio.gather(*(j.work_once() for j in judges))
     for _, wid in humans:
         assert await _engagement_signals(temporal, wid) == 1
+
+
+async def test_a_message_another_judge_holds_is_left_to_it_without_spinning(
+    db: Database, settings: Settings
+) -> None:
+    judge = TrackingJudge(db, settings, None, listen=False)
+    await judge.work_once()  # whatever other tests left queued
+    msg = await make_message(db, settings, LINKS)
+    event = await _record(db, msg, "book", _human_hit("73.15.42.12"))
+    async with db.session() as other:  # another judge in the middle of this message
+        await other.exec(  # type: ignore[call-overload]
+            text(
+                "SELECT pg_advisory_xact_lock(hashtextextended('tracking_event:' || :id, 0))"
+            ).bindparams(id=msg.send_id)
+        )
+        assert await asyncio.wait_for(judge.judge_pending(), timeout=5) == 0
+        row = await _event(db, event)
+        assert row is not None and row.verdict is None
+        await other.rollback()
+    assert await judge.judge_pending() == 1
+    row = await _event(db, event)
+    assert row is not None and row.verdict == "human"
