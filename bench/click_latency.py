@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import email
 import email.policy
+import os
 import re
 import statistics
 import sys
@@ -57,6 +58,47 @@ CHROME = (
     "Chrome/142.0.0.0 Safari/537.36"
 )
 BOOK = re.compile(r'href="([^"]+/t/c/[^"]+)"[^>]*>Book now<')
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of a process and its descendants: the live ones plus the children they
+    reaped (PostgreSQL backends, which leave the process group, are found by parent)."""
+    parent: dict[int, int] = {}
+    cpu: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the name: state ppid pgrp ... utime stime cutime cstime (fields 11-14).
+        parent[int(d.name)] = int(fields[1])
+        cpu[int(d.name)] = sum(int(x) for x in fields[11:15])
+    total = 0
+    for pid in cpu:
+        p = pid
+        while p not in (0, 1, root) and p in parent:
+            p = parent[p]
+        if p == root:
+            total += cpu[pid]
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU used per process tree between two readings (the load is not ours to control,
+    the cost per click is)."""
+
+    def __init__(self, groups: dict[str, int]) -> None:
+        self.groups = groups
+        self.start = self.read()
+
+    def read(self) -> dict[str, float]:
+        return {name: tree_cpu(pid) for name, pid in self.groups.items()}
+
+    def used(self) -> dict[str, float]:
+        end = self.read()
+        return {name: end[name] - self.start[name] for name in self.groups}
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -286,6 +328,13 @@ async def main() -> None:
                         assert r.status_code == 302, r.status_code
                         await asyncio.sleep(args.interval)
 
+                groups = {"api": api.pid, "worker": worker.pid}
+                if args.judge_process:
+                    groups["judge"] = children[-1].pid
+                for name, part in (("temporal", stack.temporal.proc), ("postgres", stack.pg.proc)):
+                    if part is not None:
+                        groups[name] = part.pid
+                meter = CpuMeter(groups)
                 await asyncio.gather(*(click(c, u, i) for i, (c, u) in enumerate(urls.items())))
             deadline = time.monotonic() + 120
             while (
@@ -293,6 +342,7 @@ async def main() -> None:
                 and time.monotonic() < deadline
             ):
                 await asyncio.sleep(0.2)
+            cpu = meter.used()
             lat = [(done[c] - sent_at[c]).total_seconds() for c in done if c in sent_at]
             phases = await breakdown(stack, key, sent_at, done)
 
@@ -316,6 +366,7 @@ async def main() -> None:
                     )
                     await asyncio.sleep(args.interval)
 
+            bmeter = CpuMeter(groups)
             await asyncio.gather(*(direct(i, cid) for i, cid in enumerate(bids)))
             deadline = time.monotonic() + 60
             while (
@@ -323,6 +374,7 @@ async def main() -> None:
                 and time.monotonic() < deadline
             ):
                 await asyncio.sleep(0.2)
+            bcpu = bmeter.used()
             blat = [(bdone[c] - bsent[c]).total_seconds() for c in bdone]
         finally:
             for p in children:
@@ -339,6 +391,12 @@ async def main() -> None:
         f"baseline direct signal -> next step: p50 {statistics.median(blat) * ms:.0f} ms, p95 {pct(blat, 95) * ms:.0f} ms"
     )
     print(f"ratio p95 click/direct: {pct(lat, 95) / pct(blat, 95):.2f}")
+    print("CPU per click, ms (clicks / direct signals), from each process tree's counters:")
+    for name in cpu:
+        print(
+            f"  {name:<10} {cpu[name] * ms / max(1, len(lat)):6.1f} / "
+            f"{bcpu[name] * ms / max(1, len(blat)):6.1f}"
+        )
     print("where the time goes (p50 / p95 ms):")
     for name, xs in phases.items():
         if xs:
