@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 from sqlmodel import col, select  # noqa: E402
+from temporalio.client import Client  # noqa: E402
 
 from bench.stack import CHILD_LOG, BenchStack, bench_stack  # noqa: E402
 from core.models import (  # noqa: E402
@@ -99,6 +100,35 @@ class CpuMeter:
     def used(self) -> dict[str, float]:
         end = self.read()
         return {name: end[name] - self.start[name] for name in self.groups}
+
+
+async def journey_side(client: Client, wids: list[str]) -> dict[str, list[float]]:
+    """From the runs' Temporal histories: engagement signal -> the workflow task that
+    handles it started, and the activity that task scheduled -> started."""
+    out: dict[str, list[float]] = {
+        "signal -> workflow task started": [],
+        "activity scheduled -> started": [],
+    }
+    for wid in wids:
+        events = (await client.get_workflow_handle(wid).fetch_history()).events
+        signalled = scheduled = None
+        seen_signal = False  # only what the signal set off, not the send before the wait
+        for e in events:
+            at = e.event_time.ToDatetime()
+            if e.HasField("workflow_execution_signaled_event_attributes"):
+                signalled = at
+                seen_signal = True
+            elif e.HasField("workflow_task_started_event_attributes") and signalled is not None:
+                out["signal -> workflow task started"].append((at - signalled).total_seconds())
+                signalled = None
+            elif e.HasField("activity_task_scheduled_event_attributes") and seen_signal:
+                scheduled = at
+            elif e.HasField("activity_task_started_event_attributes") and scheduled is not None:
+                out["activity scheduled -> started (eager: 0)"].append(
+                    (at - scheduled).total_seconds()
+                )
+                scheduled = None
+    return out
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -376,6 +406,11 @@ async def main() -> None:
                 await asyncio.sleep(0.2)
             bcpu = bmeter.used()
             blat = [(bdone[c] - bsent[c]).total_seconds() for c in bdone]
+            sample = 40  # histories read from the server after the runs
+            waits = {
+                "clicks": await journey_side(client, [workflow_id(key, c) for c in ids[:sample]]),
+                "direct": await journey_side(client, [workflow_id(bkey, c) for c in bids[:sample]]),
+            }
         finally:
             for p in children:
                 p.terminate()
@@ -401,6 +436,15 @@ async def main() -> None:
     for name, xs in phases.items():
         if xs:
             print(f"  {name:<34} {statistics.median(xs) * ms:6.0f} / {pct(xs, 95) * ms:6.0f}")
+    print("journey side, from the Temporal histories (p50 / p95 ms, clicks | direct):")
+    for name in waits["clicks"]:
+        parts = []
+        for case in ("clicks", "direct"):
+            xs = waits[case][name]
+            parts.append(
+                f"{statistics.median(xs) * ms:6.0f} / {pct(xs, 95) * ms:6.0f}" if xs else "  n/a"
+            )
+        print(f"  {name:<34} {parts[0]} | {parts[1]}")
 
 
 if __name__ == "__main__":
