@@ -107,7 +107,7 @@ async def journey_side(client: Client, wids: list[str]) -> dict[str, list[float]
     handles it started, and the activity that task scheduled -> started."""
     out: dict[str, list[float]] = {
         "signal -> workflow task started": [],
-        "activity scheduled -> started": [],
+        "activity scheduled -> started (eager: 0)": [],
     }
     for wid in wids:
         events = (await client.get_workflow_handle(wid).fetch_history()).events
