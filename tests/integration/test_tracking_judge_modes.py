@@ -249,3 +249,62 @@ async def test_a_message_another_judge_holds_is_left_to_it_without_spinning(
     assert await judge.judge_pending() == 1
     row = await _event(db, event)
     assert row is not None and row.verdict == "human"
+
+
+async def test_human_clicks_refresh_behavioural_segments_in_one_batch(
+    db: Database, settings: Settings
+) -> None:
+    """Off the click's path, the contacts engaged by a burst enter a "clicked in the last
+    30 days" segment, and the machine-only contact does not."""
+    from core.models import Contact, Send
+    from services.context import ServiceContext
+    from services.segments import SegmentIn, create_segment
+
+    t = uuid.uuid4().hex[:8]
+    people = [f"c_seg{t}{i}" for i in range(3)]
+    machine = f"c_seg{t}m"
+    sends: dict[str, str] = {}
+    async with db.session() as s:
+        for cid in [*people, machine]:
+            s.add(Contact(id=cid, external_id=cid, attributes={"cohort": t}))
+            sends[cid] = f"s_{uuid.uuid4().hex[:20]}"
+            s.add(
+                Send(
+                    id=sends[cid],
+                    send_key=f"r_{cid}/hello/1",
+                    run_id=f"r_{cid}",
+                    journey_key="tracking-test",
+                    version=1,
+                    step="hello",
+                    visit=1,
+                    contact_id=cid,
+                    template_key="t",
+                    message_id=f"<{uuid.uuid4().hex}@example.org>",
+                    status="sent",
+                    sent_at=utcnow(),
+                )
+            )
+        await s.commit()
+        rule = {"all": [{"attr": "cohort", "op": "eq", "value": t},
+                        {"engagement": "click", "within": "P30D"}]}  # fmt: skip
+        await create_segment(
+            ServiceContext(s, settings, None), SegmentIn(key=f"clicked-{t}", rule=rule)
+        )
+    for n, cid in enumerate([*people, machine]):
+        msg = await make_message(db, settings, LINKS, send_id=sends[cid])
+        ip = "40.94.28.163" if cid == machine else f"73.15.{n + 50}.12"  # a Safe Links scanner
+        await _record(db, msg, "book", _human_hit(ip))
+    judge = TrackingJudge(db, settings, None, listen=False, segment_delay=0.1)
+    await judge.work_once()
+    await judge.stop()  # waits for the segment refresh it started
+    async with db.session() as s:
+        members = set(
+            (
+                await s.exec(  # type: ignore[call-overload]
+                    text(
+                        "SELECT contact_id FROM segment_membership WHERE segment_key = :k"
+                    ).bindparams(k=f"clicked-{t}")
+                )
+            ).scalars()
+        )
+    assert members == set(people)
