@@ -79,6 +79,9 @@ class Settings(BaseSettings):
 
     # Behaviour
     tracking_token_ttl_days: int = 180
+    # Run the tracking judge inside each API process; false when `journeys judge`
+    # processes do the judging (the API then only NOTIFYs them).
+    tracking_judge_in_api: bool = True
     continue_as_new_after_events: int = 2000
     dev_mode: bool = False
 

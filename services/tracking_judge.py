@@ -7,24 +7,46 @@ nothing (the rows stay queued) and several API processes share the work:
 - a message's events must be judged in order by one classifier, so a judge takes a
   per-message transaction-scoped advisory lock (skipping messages another process holds)
   and then the message's pending rows with SELECT ... FOR UPDATE SKIP LOCKED;
-- the signaller takes human rows with FOR UPDATE SKIP LOCKED, signals the run that sent
-  the message, and records the outcome, so each event is signalled once.
+- the judging transaction signals the runs of the events it judged human (their rows
+  are locked by it) and stores the outcomes with the verdicts. Should that commit fail
+  after a signal went out, the event is judged and signalled again and the workflow
+  drops the repeat (it keeps the tracking_event_ids it has seen);
+- a sweep takes human rows still unsignalled (Temporal was unreachable) with FOR UPDATE
+  SKIP LOCKED, signals and records the outcome, so each event is signalled by one
+  transaction.
 
 Per-message classifier state is cached in memory and rebuilt from the stored events
 (replayed in time order) when this process has not seen the message or another
 process has judged some of its events since.
+
+Latency (a person's click should move their journey within a second, even in a burst):
+- up to `judge_tasks` judging transactions are in flight, each over its own share of
+  the queued messages; as soon as one commits (or a hit arrives) the queue is read
+  again, so a new hit waits for the first free slot, never for a whole round;
+- humans are signalled inside the judging transaction, concurrently (bounded), before
+  the report rollup and the commit: no second transaction on the click's path;
+- the loop wakes on `notify()` (hits recorded in this process) and on PostgreSQL
+  `NOTIFY tracking_hits` (hits recorded by any API process), with a poll as fallback;
+- report counts are rolled up once per transaction, and behavioural-segment refreshes
+  run beside the loop, batched, never on the click's path.
+
+A judge runs inside the API process (TRACKING_JUDGE_IN_API=true, the default) or alone
+(`journeys judge`); any number of both share the queue through the locks above.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
+import psycopg
 from sqlalchemy import func, text
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -34,17 +56,22 @@ from temporalio.service import RPCError, RPCStatusCode
 from classifier import Classifier, TrackingEvidence, Verdict
 from classifier.classifier import DEFAULT_HORIZON
 from core.config import Settings
-from core.db import Database
+from core.db import Database, normalize_url
 from core.models import Run, Send, TrackedLink, TrackingEvent, utcnow
 from services.context import ServiceContext
 from services.network_list import ActiveList, NetworkListCache
-from services.report_rollup import on_tracking_verdict
-from services.segment_membership import on_contact_changed
+from services.report_rollup import ids as rollup_ids
+from services.report_rollup import rollup_tracking
+from services.segment_membership import on_contacts_changed
 from workflows.types import EngagementSignal
 
 log = logging.getLogger("journeys.tracking.judge")
 
 ENGAGEMENT_SIGNAL = "engagement"
+# PostgreSQL channel an API process notifies after committing hits.
+HITS_CHANNEL = "tracking_hits"
+HELD_ELSEWHERE_PAUSE = 0.25  # seconds before retrying messages another judge holds
+LISTENER_NAME = "journeys-judge"  # + "-<pid>": the listener in pg_stat_activity
 
 # Signal outcomes stored in tracking_event.signal_result.
 SIGNAL_SENT = "sent"
@@ -56,6 +83,7 @@ SIGNAL_RPC_TIMEOUT = timedelta(seconds=5)
 JUDGE_ERROR = "judge_error"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CHANGED = "tracking_judge_changed"  # session.info key: verdicts stored in this transaction
 
 # Per-message mutex held until commit. The LIMIT stops at `n` locks taken, leaving the
 # other candidates to a second process.
@@ -82,6 +110,12 @@ class _SendFacts:
     links: int
 
 
+def _share(items: Sequence[str], n: int, most: int) -> list[list[str]]:
+    """Up to `n` slices of at most `most` items, dealt round-robin so that every slice
+    starts with one of the oldest."""
+    if n <= 0:
+        return []
+    return [list(items[i::n][:most]) for i in range(n)]
 
 
 def judge_one(classifier: Classifier, row: TrackingEvent, facts: _SendFacts) -> list[Verdict]:
@@ -113,8 +147,16 @@ def evidence_of(row: TrackingEvent, facts: _SendFacts) -> TrackingEvidence:
     )
 
 
+class Ringer(Protocol):
+    """What the tracking endpoints call after recording a hit."""
+
+    def notify(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class TrackingJudge:
-    """Judges and signals in a loop; `notify()` wakes it as soon as a hit is recorded."""
+    """Judges and signals in a loop; `notify()` (or NOTIFY tracking_hits) wakes it."""
 
     def __init__(
         self,
@@ -126,6 +168,10 @@ class TrackingJudge:
         signal_batch: int = 100,
         poll_interval: float = 1.0,
         max_cached_messages: int = 20_000,
+        judge_tasks: int = 4,
+        signal_concurrency: int = 16,
+        listen: bool = True,
+        segment_delay: float = 0.25,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -134,14 +180,20 @@ class TrackingJudge:
         self.signal_batch = signal_batch
         self.poll_interval = poll_interval
         self.max_cached = max_cached_messages
+        self.judge_tasks = max(1, judge_tasks)
+        self.listen = listen
+        self.segment_delay = segment_delay
+        self._signal_slots = asyncio.Semaphore(max(1, signal_concurrency))
         self._networks = NetworkListCache(settings.home)
         self._active: ActiveList | None = None
         self._cache: OrderedDict[str, _MessageState] = OrderedDict()
         self._wake = asyncio.Event()
-        self._changed: list[tuple[TrackingEvent, str | None]] = []
         self._engaged_sends: set[str] = set()
         self._segments_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self.listening = False  # LISTEN tracking_hits is in effect
+        self.notifications = 0  # NOTIFYs heard over LISTEN
 
     # --- lifecycle --------------------------------------------------------
     @property
@@ -151,20 +203,39 @@ class TrackingJudge:
     def start(self) -> None:
         if not self.running:
             self._task = asyncio.create_task(self._run(), name="tracking-judge")
+        if self.listen and (self._listen_task is None or self._listen_task.done()):
+            self._listen_task = asyncio.create_task(self._listen(), name="tracking-judge-listen")
 
     async def stop(self) -> None:
+        for attr in ("_listen_task", "_task"):
+            task = getattr(self, attr)
+            setattr(self, attr, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._segments_task is not None:
             await asyncio.gather(self._segments_task, return_exceptions=True)
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
     def notify(self) -> None:
         self._wake.set()
 
+    async def warm_up(self) -> None:
+        """Load the network list and open a connection per judging slot now, so the first
+        click after a start does not pay for them."""
+        self._index_changed()
+
+        async def ping() -> None:
+            async with self.db.session() as s:
+                await s.exec(text("SELECT 1"))  # type: ignore[call-overload]
+
+        await asyncio.gather(*(ping() for _ in range(self.judge_tasks)))
+        await self._candidates([])
+
     async def _run(self) -> None:
+        try:
+            await self.warm_up()
+        except Exception as exc:  # the rounds retry whatever this could not do
+            log.error("judge warm-up failed: %s", type(exc).__name__)
         backoff = self.poll_interval
         while True:
             self._wake.clear()
@@ -185,16 +256,42 @@ class TrackingJudge:
             except TimeoutError:
                 pass
 
-    async def work_once(self) -> int:
-        """Judge what is queued, signalling new human events after every batch (so a
-        backlog never holds a person's click back). Returns the rows handled."""
-        handled = 0
+    async def _listen(self) -> None:
+        """LISTEN on a connection of its own (a pooled one would be handed to others);
+        reconnects with a backoff, and the poll covers the gaps."""
+        conninfo = normalize_url(self.db.url).replace("postgresql+psycopg://", "postgresql://", 1)
+        delay = 0.5
         while True:
-            judged = await self.judge_pending()
-            handled += judged + await self.signal_pending()
-            self._schedule_segments()  # off the loop: a click never waits on segments
-            if judged == 0:
-                return handled
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    conninfo, autocommit=True, application_name=f"{LISTENER_NAME}-{os.getpid()}"
+                )
+                async with conn:
+                    await conn.execute(f"LISTEN {HITS_CHANNEL}")
+                    self.listening = True
+                    delay = 0.5
+                    self.notify()  # hits committed before LISTEN took effect
+                    async for _ in conn.notifies():
+                        self.notifications += 1
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "LISTEN %s lost (%s); polling meanwhile", HITS_CHANNEL, type(exc).__name__
+                )
+            finally:
+                self.listening = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def work_once(self) -> int:
+        """Judge (and signal) what is queued until nothing is, then sweep up human events
+        left unsignalled (Temporal was unreachable, or the process stopped in between).
+        Returns the rows handled."""
+        judged = await self.judge_pending()
+        self._schedule_segments()
+        return judged + await self.signal_pending()
 
     # --- judging ----------------------------------------------------------
     def _index_changed(self) -> ActiveList:
@@ -205,41 +302,118 @@ class TrackingJudge:
         return active
 
     async def judge_pending(self) -> int:
-        """Judge the queued events of up to `batch_messages` messages in one transaction."""
+        """Judge what is queued until nothing is, in up to `judge_tasks` transactions at
+        once. Whenever one commits (or a hit arrives) and a slot is free, the queue is read
+        again and its messages are shared out between the free slots, so a new hit waits
+        for the first free slot, never for a whole round. Messages in flight here are left
+        out; other processes' are skipped by their advisory locks. Returns events judged."""
         active = self._index_changed()
+        inflight: dict[asyncio.Future[tuple[int, int]], list[str]] = {}
+        total = 0
+        failure: BaseException | None = None
+        swept = time.monotonic()
+        sweep: asyncio.Task[int] | None = None
+        woken: asyncio.Task[bool] | None = None
+        elsewhere: dict[str, float] = {}  # message -> when to try it again
         try:
-            return await self._judge_batch(active)
-        except BaseException:
-            # Classifiers may hold verdicts that were never committed: start afresh.
-            self._cache.clear()
-            self._changed = []
-            raise
+            while True:
+                rearm = woken is None or woken.done()
+                if rearm:
+                    self._wake.clear()  # before reading the queue: a later hit wakes us
+                free = self.judge_tasks - len(inflight)
+                if free and failure is None:
+                    now = time.monotonic()
+                    held = [sid for ids in inflight.values() for sid in ids]
+                    held += [sid for sid, until in elsewhere.items() if until > now]
+                    candidates = await self._candidates(held)
+                    for part in _share(candidates, min(free, len(candidates)), self.batch_messages):
+                        inflight[asyncio.ensure_future(self._judge_slice(active, part))] = part
+                if not inflight:
+                    break
+                if rearm:
+                    woken = asyncio.create_task(self._wake.wait())
+                assert woken is not None
+                waiting: list[asyncio.Future[Any]] = [*inflight, woken]
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for fut, part in list(inflight.items()):
+                    if fut not in done:
+                        continue
+                    del inflight[fut]
+                    try:
+                        judged = fut.result()[0]
+                        total += judged
+                        if not judged:
+                            # Held by another process (or judged meanwhile): do not ask
+                            # for them again at once, or this loop would spin until the
+                            # holder commits. The holder judges what comes in meanwhile.
+                            until = time.monotonic() + HELD_ELSEWHERE_PAUSE
+                            elsewhere.update(dict.fromkeys(part, until))
+                    except Exception as exc:
+                        # Their classifiers may hold verdicts that were never committed.
+                        for send_id in part:
+                            self._cache.pop(send_id, None)
+                        failure = failure or exc
+                self._schedule_segments()
+                if time.monotonic() - swept > self.poll_interval and (
+                    sweep is None or sweep.done()
+                ):
+                    # A long burst must not hold back what the sweep would signal.
+                    sweep = asyncio.create_task(self.signal_pending())
+                    swept = time.monotonic()
+        finally:
+            if woken is not None:
+                woken.cancel()
+            rest: list[asyncio.Future[Any]] = [*inflight, *([sweep] if sweep else [])]
+            if rest:
+                await asyncio.gather(*rest, return_exceptions=True)
+        if failure is not None:
+            raise failure
+        return total
 
-    async def _judge_batch(self, active: ActiveList) -> int:
+    async def _candidates(self, held: Sequence[str]) -> list[str]:
+        """Messages with queued events, oldest first, leaving out those in flight here."""
+        query = (
+            select(TrackingEvent.send_id)
+            .where(col(TrackingEvent.verdict).is_(None))
+            .group_by(col(TrackingEvent.send_id))
+            .order_by(func.min(TrackingEvent.at))
+            .limit(self.batch_messages * self.judge_tasks)
+        )
+        if held:
+            query = query.where(col(TrackingEvent.send_id).not_in(held))
         async with self.db.session() as s:
-            candidates = (
-                await s.exec(
-                    select(TrackingEvent.send_id)
-                    .where(col(TrackingEvent.verdict).is_(None))
-                    .group_by(col(TrackingEvent.send_id))
-                    .order_by(func.min(TrackingEvent.at))
-                    # A few more than we take: some may be held by another process.
-                    .limit(self.batch_messages * 2)
-                )
-            ).all()
-            if not candidates:
-                return 0
+            return list((await s.exec(query)).all())
+
+    async def _judge_slice(self, active: ActiveList, candidates: list[str]) -> tuple[int, int]:
+        started = time.perf_counter()
+        judged, signalled = await self._judge_batch(active, candidates)
+        if judged:
+            log.debug(
+                "judged %d events (%d signalled) in %.0f ms",
+                judged,
+                signalled,
+                (time.perf_counter() - started) * 1000,
+            )
+        return judged, signalled
+
+    async def _judge_batch(self, active: ActiveList, candidates: list[str]) -> tuple[int, int]:
+        """One transaction: lock the candidate messages no other process holds, judge
+        their queued events in order, signal the runs of the humans, store verdicts,
+        signal outcomes and report counts together. Returns (judged, signalled).
+
+        Signalling before the commit saves a transaction on the click's path. If the
+        commit then fails, the events are judged and signalled again: the workflow drops
+        an engagement whose tracking_event_id it has already seen."""
+        async with self.db.session() as s:
             locked = [
                 r[0]
                 for r in (
-                    await s.exec(
-                        _LOCK_SQL, params={"ids": list(candidates), "n": self.batch_messages}
-                    )  # type: ignore[call-overload]
+                    await s.exec(_LOCK_SQL, params={"ids": candidates, "n": len(candidates)})  # type: ignore[call-overload]
                 ).all()
             ]
             if not locked:
                 await s.rollback()
-                return 0
+                return 0, 0
             pending = (
                 await s.exec(
                     select(TrackingEvent)
@@ -253,9 +427,8 @@ class TrackingJudge:
             ).all()
             if not pending:
                 await s.rollback()
-                return 0
-            facts = await self._send_facts(s, locked)
-            counts = await self._judged_counts(s, locked)
+                return 0, 0
+            sends, runs, facts, counts = await self._message_facts(s, locked)
             now = utcnow()
             by_send: dict[str, list[TrackingEvent]] = {}
             for row in pending:
@@ -276,38 +449,56 @@ class TrackingJudge:
                     s.add(row)
                     await self._verdict_changed(s, row, None)
                     await self._apply_revisions(s, revisions, batch, now)
+            # Final verdicts: a later event in this batch may have revised an earlier one.
+            humans = [r for r in pending if r.verdict == "human" and r.signal_result is None]
+            signalled = await self._signal_rows(s, humans, sends, runs) if humans else 0
             await self._report_verdicts(s)
             await s.commit()
-        return len(pending)
+        return len(pending), signalled
 
-    async def _send_facts(self, s: AsyncSession, send_ids: Sequence[str]) -> dict[str, _SendFacts]:
-        sends = {
-            r.id: r for r in (await s.exec(select(Send).where(col(Send.id).in_(send_ids)))).all()
-        }
-        link_counts: dict[str, int] = {
-            sid: int(n)
-            for sid, n in (
-                await s.exec(
-                    select(TrackedLink.send_id, func.count())
-                    .where(col(TrackedLink.send_id).in_(send_ids))
-                    .where(TrackedLink.kind == "click")
-                    .group_by(col(TrackedLink.send_id))
-                )
-            ).all()
-        }
-        out: dict[str, _SendFacts] = {}
-        for sid in send_ids:
-            send = sends.get(sid)
-            links = link_counts.get(sid, 0)
-            if send is not None and send.sent_at is not None:
-                out[sid] = _SendFacts(send.sent_at, True, links)
-            elif send is not None:
-                out[sid] = _SendFacts(send.created_at, False, links)
-            else:
-                # No ledger row (should not happen: links are written with their send).
-                # The epoch makes timing evidence neutral rather than "too fast".
-                out[sid] = _SendFacts(_EPOCH, False, links)
-        return out
+    async def _message_facts(
+        self, s: AsyncSession, send_ids: Sequence[str]
+    ) -> tuple[dict[str, Send], dict[str, Run], dict[str, _SendFacts], dict[str, int]]:
+        """In one query: each message's send row and run, its click-link count and how
+        many of its events are judged already (one round trip on the click's path)."""
+        links = (
+            select(func.count())
+            .where(col(TrackedLink.send_id) == col(Send.id))
+            .where(TrackedLink.kind == "click")
+            .scalar_subquery()
+        )
+        judged = (
+            select(func.count())
+            .where(col(TrackingEvent.send_id) == col(Send.id))
+            .where(col(TrackingEvent.verdict).is_not(None))
+            .scalar_subquery()
+        )
+        rows = (
+            await s.exec(
+                select(Send, Run, links, judged)
+                .join(Run, col(Run.id) == col(Send.run_id), isouter=True)
+                .where(col(Send.id).in_(send_ids))
+            )
+        ).all()
+        sends: dict[str, Send] = {}
+        runs: dict[str, Run] = {}
+        facts: dict[str, _SendFacts] = {}
+        counts: dict[str, int] = {}
+        for send, run, n_links, n_judged in rows:
+            sends[send.id] = send
+            if run is not None:
+                runs[run.id] = run
+            when = send.sent_at or send.created_at
+            facts[send.id] = _SendFacts(when, send.sent_at is not None, int(n_links))
+            counts[send.id] = int(n_judged)
+        missing = [sid for sid in send_ids if sid not in sends]
+        if missing:
+            # No ledger row (should not happen: links are written with their send).
+            # The epoch makes timing evidence neutral rather than "too fast".
+            counts |= await self._judged_counts(s, missing)
+            for sid in missing:
+                facts[sid] = _SendFacts(_EPOCH, False, 0)
+        return sends, runs, facts, counts
 
     async def _judged_counts(self, s: AsyncSession, send_ids: Sequence[str]) -> dict[str, int]:
         rows = (
@@ -403,28 +594,32 @@ class TrackingJudge:
     ) -> None:
         """Every stored verdict passes here: a first verdict (previous None) or a revision
         (previous = the verdict it replaces). Handed to the reports rollup before commit."""
-        self._changed.append((row, previous))
+        s.info.setdefault(_CHANGED, []).append((row, previous))
 
     async def _report_verdicts(self, s: AsyncSession) -> None:
         """Report counts move in the judging transaction, so they never disagree with the
-        stored verdicts (a revision moves a count from human to automated)."""
-        changed, self._changed = self._changed, []
+        stored verdicts (a revision moves a count from human to automated). One rollup
+        for the whole transaction: it recounts each event from its stored row."""
+        changed: list[tuple[TrackingEvent, str | None]] = s.info.pop(_CHANGED, [])
         if not changed:
             return
         await s.flush()  # the rollup reads the rows with SQL of its own
-        for row, previous in changed:
-            await on_tracking_verdict(s, row, previous)
+        await rollup_tracking(s, rollup_ids(dict.fromkeys(row.id for row, _ in changed)))
         # Behavioural segments ("opened in the last 90 days") read human verdicts.
         self._engaged_sends.update(
             row.send_id for row, previous in changed if "human" in (row.verdict, previous)
         )
 
+    # --- behavioural segments ---------------------------------------------
     def _schedule_segments(self) -> None:
         if self._engaged_sends and (self._segments_task is None or self._segments_task.done()):
             self._segments_task = asyncio.create_task(self._segments_loop())
 
     async def _segments_loop(self) -> None:
         while self._engaged_sends:
+            # A short pause gathers a burst's contacts into one refresh, and leaves the
+            # event loop and the database to the clicks meanwhile.
+            await asyncio.sleep(self.segment_delay)
             try:
                 await self._update_segments()
             except Exception as exc:  # the verdicts are stored; the sweep catches up later
@@ -432,32 +627,44 @@ class TrackingJudge:
                 return
 
     async def _update_segments(self) -> None:
-        """After the verdicts commit: re-evaluate the engaged contacts' segments."""
+        """After the verdicts commit: re-evaluate the engaged contacts' segments, all in
+        one refresh (one query per affected segment, not one round per contact)."""
         send_ids, self._engaged_sends = self._engaged_sends, set()
         if not send_ids:
             return
+        started = time.perf_counter()
         async with self.db.session() as s:
-            contact_ids = set(
-                (await s.exec(select(Send.contact_id).where(col(Send.id).in_(send_ids)))).all()
+            contact_ids = sorted(
+                set((await s.exec(select(Send.contact_id).where(col(Send.id).in_(send_ids)))).all())
             )
+            await s.commit()
             ctx = ServiceContext(s, self.settings, self.temporal)
-            for contact_id in contact_ids:
-                await on_contact_changed(ctx, contact_id, kinds={"engagement"})
+            await on_contacts_changed(ctx, contact_ids, kinds={"engagement"})
+        log.debug(
+            "segments refreshed for %d contacts in %.0f ms",
+            len(contact_ids),
+            (time.perf_counter() - started) * 1000,
+        )
 
     # --- signalling -------------------------------------------------------
     async def signal_pending(self) -> int:
+        """The sweep: take up to `signal_batch` human rows left unsignalled (Temporal was
+        unreachable when they were judged) with FOR UPDATE SKIP LOCKED, signal their runs
+        concurrently, store the outcomes. Returns the rows handled."""
         if self.temporal is None:
             return 0  # stays queued until a Temporal client is available
+        query = (
+            select(TrackingEvent, Send, Run)
+            .join(Send, col(Send.id) == col(TrackingEvent.send_id), isouter=True)
+            .join(Run, col(Run.id) == col(Send.run_id), isouter=True)
+            .where(TrackingEvent.verdict == "human")
+            .where(col(TrackingEvent.signal_result).is_(None))
+        )
         async with self.db.session() as s:
             rows: list[Any] = list(
                 (
                     await s.exec(
-                        select(TrackingEvent, Send, Run)
-                        .join(Send, col(Send.id) == col(TrackingEvent.send_id), isouter=True)
-                        .join(Run, col(Run.id) == col(Send.run_id), isouter=True)
-                        .where(TrackingEvent.verdict == "human")
-                        .where(col(TrackingEvent.signal_result).is_(None))
-                        .order_by(col(TrackingEvent.at))
+                        query.order_by(col(TrackingEvent.at))
                         .limit(self.signal_batch)
                         .with_for_update(of=TrackingEvent, skip_locked=True)  # type: ignore[arg-type]
                     )
@@ -465,17 +672,50 @@ class TrackingJudge:
             )
             if not rows:
                 return 0
-            for event, send, run in rows:
-                result = await self._signal(event, send, run)
-                if result is None:
-                    continue  # Temporal unreachable: leave queued
-                event.signal_result = result
-                if result == SIGNAL_SENT:
-                    event.signalled = True
-                    event.signalled_at = utcnow()
-                s.add(event)
+            await self._signal_all(s, rows)
             await s.commit()
             return len(rows)
+
+    async def _signal_rows(
+        self,
+        s: AsyncSession,
+        events: Sequence[TrackingEvent],
+        sends: dict[str, Send],
+        runs: dict[str, Run],
+    ) -> int:
+        """Signal, inside the judging transaction, the runs of events judged human there."""
+        if self.temporal is None:
+            return 0  # the sweep signals them once a client is there
+        rows = []
+        for event in events:
+            send = sends.get(event.send_id)
+            rows.append((event, send, runs.get(send.run_id) if send is not None else None))
+        return await self._signal_all(s, rows)
+
+    async def _signal_all(
+        self, s: AsyncSession, rows: Sequence[tuple[TrackingEvent, Send | None, Run | None]]
+    ) -> int:
+        """Concurrent signals (bounded); each outcome is stored on its row (in `s`).
+        Returns how many reached a run."""
+        results = await asyncio.gather(
+            *(self._signal_bounded(event, send, run) for event, send, run in rows)
+        )
+        now = utcnow()
+        for (event, _, _), result in zip(rows, results, strict=True):
+            if result is None:
+                continue  # Temporal unreachable: leave queued
+            event.signal_result = result
+            if result == SIGNAL_SENT:
+                event.signalled = True
+                event.signalled_at = now
+            s.add(event)
+        return sum(1 for r in results if r == SIGNAL_SENT)
+
+    async def _signal_bounded(
+        self, event: TrackingEvent, send: Send | None, run: Run | None
+    ) -> str | None:
+        async with self._signal_slots:
+            return await self._signal(event, send, run)
 
     async def _signal(self, event: TrackingEvent, send: Send | None, run: Run | None) -> str | None:
         assert self.temporal is not None
@@ -501,3 +741,53 @@ class TrackingJudge:
             log.warning("engagement signal not delivered (%s); will retry", exc.status.name)
             return None
         return SIGNAL_SENT
+
+
+class Doorbell:
+    """The API's side when the judge runs elsewhere (TRACKING_JUDGE_IN_API=false): after
+    a hit is committed, `NOTIFY tracking_hits` wakes every listening judge. Rings are
+    coalesced: one in flight, and one more if hits arrived meanwhile."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._again = False
+        self._task: asyncio.Task[None] | None = None
+
+    def notify(self) -> None:
+        self._again = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._ring(), name="tracking-doorbell")
+
+    async def _ring(self) -> None:
+        while self._again:
+            self._again = False
+            try:
+                async with self.db.session() as s:
+                    await s.exec(text(f"NOTIFY {HITS_CHANNEL}"))  # type: ignore[call-overload]
+                    await s.commit()
+            except Exception as exc:  # the judges' poll still finds the hits
+                log.warning("NOTIFY %s failed: %s", HITS_CHANNEL, type(exc).__name__)
+                return
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None, **tuning: Any) -> None:
+    """`journeys judge`: one judge on its own until `stop` is set (or cancelled)."""
+    from core.temporal import connect
+
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set (journeys dev sets it for you)")
+    db = Database(settings.database_url)
+    judge = TrackingJudge(db, settings, await connect(settings), **tuning)
+    judge.start()
+    log.info(
+        "tracking judge running (LISTEN %s, poll every %.1fs)", HITS_CHANNEL, judge.poll_interval
+    )
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await judge.stop()
+        await db.dispose()

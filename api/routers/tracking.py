@@ -21,7 +21,7 @@ from api.tracking_fastpath import NO_STORE, PIXEL_GIF, Reply, TrackingEndpoints
 from core.config import Settings
 from core.tokens import TokenSigner
 from services.tracking import LinkCache
-from services.tracking_judge import TrackingJudge
+from services.tracking_judge import Doorbell, Ringer, TrackingJudge
 from services.tracking_links import token_signer
 from services.tracking_request import TrustedProxyError, parse_trusted_proxies
 
@@ -40,11 +40,20 @@ def _signer(app: FastAPI) -> TokenSigner:
     return signer
 
 
-def ensure_judge(app: FastAPI) -> TrackingJudge:
-    """The app's judge, started if it is not running (lifespan, or the first hit)."""
+def ensure_judge(app: FastAPI) -> Ringer:
+    """What a recorded hit rings: the app's judge, started if it is not running
+    (lifespan, or the first hit), or with TRACKING_JUDGE_IN_API=false a doorbell that
+    NOTIFYs the `journeys judge` processes."""
+    settings: Settings = app.state.settings
+    if not settings.tracking_judge_in_api:
+        bell: Doorbell | None = getattr(app.state, "tracking_doorbell", None)
+        if bell is None:
+            bell = Doorbell(app.state.db)
+            app.state.tracking_doorbell = bell
+        return bell
     judge: TrackingJudge | None = getattr(app.state, "tracking_judge", None)
     if judge is None:
-        judge = TrackingJudge(app.state.db, app.state.settings, app.state.temporal)
+        judge = TrackingJudge(app.state.db, settings, app.state.temporal)
         app.state.tracking_judge = judge
     judge.temporal = app.state.temporal
     judge.start()
@@ -53,7 +62,8 @@ def ensure_judge(app: FastAPI) -> TrackingJudge:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Started by api.main's lifespan: check TRUSTED_PROXIES, run the judge, stop it on exit."""
+    """Started by api.main's lifespan: check TRUSTED_PROXIES, run the judge (unless it
+    runs in its own processes), stop it on exit."""
     settings: Settings = app.state.settings
     try:
         parse_trusted_proxies(settings.trusted_proxies)

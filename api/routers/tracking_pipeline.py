@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.routers.tracking import ensure_judge
 from api.tracking_fastpath import TrackingEndpoints, TrackingFastPath
 from core.config import Settings
 from core.db import Database
@@ -41,7 +42,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         token_signer(settings),
         LinkCache(db),
         buffer=buffer,
-        on_recorded=lambda: _wake_judge(app),
+        # an inline write (buffer full) has no batch NOTIFY: ring the judge, wherever it runs
+        on_recorded=lambda: ensure_judge(app).notify(),
     )
     app.state.tracking_endpoints = endpoints
     app.state.tracking_buffer = buffer

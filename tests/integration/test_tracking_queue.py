@@ -152,27 +152,29 @@ async def test_invalid_refreshed_list_falls_back_to_the_shipped_one(
     assert active.path is None and active.entries > 100
 
 
-async def test_every_verdict_and_revision_reaches_the_reports_hook_before_commit(
+async def test_every_verdict_and_revision_reaches_the_reports_rollup_before_commit(
     db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sqlalchemy import text
     from sqlmodel.ext.asyncio.session import AsyncSession
 
     import services.tracking_judge as tj
-    from core.models import TrackingEvent
+    from services.report_rollup import Selection
 
-    seen: list[tuple[str, str | None, str]] = []
+    seen: list[list[tuple[str, str]]] = []
 
-    async def hook(s: AsyncSession, event: TrackingEvent, previous: str | None) -> None:
-        # What the rollup's own SQL would read in the judging transaction.
+    async def rollup(s: AsyncSession, sel: Selection) -> None:
+        # What the rollup's own SQL reads in the judging transaction (one call per
+        # transaction, every event whose verdict was stored or revised in it).
         stored = (
             await (await s.connection()).execute(
-                text("SELECT verdict FROM tracking_event WHERE id = :id"), {"id": event.id}
+                text(f"SELECT id, verdict FROM tracking_event WHERE id IN ({sel.sql}) ORDER BY at"),
+                dict(sel.params),
             )
-        ).scalar_one()
-        seen.append((event.id, previous, stored))
+        ).all()
+        seen.append([(r[0], r[1]) for r in stored])
 
-    monkeypatch.setattr(tj, "on_tracking_verdict", hook)
+    monkeypatch.setattr(tj, "rollup_tracking", rollup)
     msg = await make_message(db, settings, LINKS)
     ip = "88.198.202.11"
     click = await _record(db, msg, "book", _hit(ip, 0, msg))
@@ -180,7 +182,6 @@ async def test_every_verdict_and_revision_reaches_the_reports_hook_before_commit
     trap = await _record(db, msg, "trap", _hit(ip, 5, msg))
     await TrackingJudge(db, settings, None).work_once()
     assert seen == [
-        (click, None, "human"),
-        (trap, None, "automated"),
-        (click, "human", "automated"),
+        [(click, "human")],
+        [(click, "automated"), (trap, "automated")],
     ]

@@ -58,3 +58,17 @@ def test_a_classifier_fault_gives_unknown_instead_of_blocking_the_queue() -> Non
 def test_judge_one_returns_the_classifiers_verdicts() -> None:
     [v] = judge_one(Classifier(), _row(), _SendFacts(SENT, True, 1))
     assert (v.id, v.verdict, v.reason) == ("te_1", "automated", "head_request")
+
+
+def test_queued_messages_are_shared_out_oldest_first_and_capped() -> None:
+    from services.tracking_judge import _share
+
+    ids = [f"s_{i}" for i in range(10)]
+    assert _share(ids, 3, 50) == [
+        ["s_0", "s_3", "s_6", "s_9"],
+        ["s_1", "s_4", "s_7"],
+        ["s_2", "s_5", "s_8"],
+    ]
+    assert _share(ids, 2, 2) == [["s_0", "s_2"], ["s_1", "s_3"]]
+    assert _share(ids[:1], 1, 50) == [["s_0"]]
+    assert _share([], 0, 50) == []

@@ -1,0 +1,314 @@
+"""How the judge runs: in its own process (TRACKING_JUDGE_IN_API=false), woken by
+PostgreSQL NOTIFY, and judging many messages at once without losing per-message order or
+signalling an event twice. Real PostgreSQL and Temporal throughout.
+
+The runs signalled here are workflows parked on a task queue nobody polls: a signal is
+recorded in the run's history whether or not a worker ever picks the run up, and no
+journey step moves on that could race the assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest_asyncio
+from sqlalchemy import text
+from temporalio.client import Client
+
+from core.config import Settings
+from core.db import Database
+from core.models import Run, TrackedLink, TrackingEvent, utcnow
+from devstack.child_env import child_env
+from services.tracking import Hit, record_hit
+from services.tracking_judge import HITS_CHANNEL, LISTENER_NAME, SIGNAL_SENT, TrackingJudge
+from tests.helpers import eventually
+from tests.integration.tracking_support import (
+    CHROME,
+    HUMAN_HEADERS,
+    Message,
+    app_with_judge,
+    events_of,
+    make_message,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+LINKS = {
+    "book": "https://portal.example.org/book",
+    "portal": "https://portal.example.org/",
+    "call": "https://portal.example.org/call",
+}
+
+
+@pytest_asyncio.fixture(scope="module")
+async def parked(temporal: Client) -> AsyncIterator[list[str]]:
+    """Workflow ids started here; terminated at the end of the module."""
+    ids: list[str] = []
+    yield ids
+    for wid in ids:
+        try:
+            await temporal.get_workflow_handle(wid).terminate("test over")
+        except Exception:
+            pass
+
+
+async def _message_of_a_run(
+    db: Database, settings: Settings, temporal: Client, parked: list[str]
+) -> tuple[Message, str]:
+    """A running run (a parked workflow and its run row) and a message it sent."""
+    wid = f"judge-test-{uuid.uuid4().hex}"
+    handle = await temporal.start_workflow(
+        "ParkedForJudgeTest", id=wid, task_queue=f"nobody-{uuid.uuid4().hex[:8]}"
+    )
+    parked.append(wid)
+    run_id = handle.result_run_id or wid
+    async with db.session() as s:
+        s.add(
+            Run(
+                id=run_id,
+                journey_key="tracking-test",
+                version=1,
+                contact_id="c_test",
+                workflow_id=wid,
+                status="running",
+            )
+        )
+        await s.commit()
+    return await make_message(db, settings, LINKS, run_id=run_id), wid
+
+
+async def _engagement_signals(temporal: Client, wid: str) -> int:
+    history = await temporal.get_workflow_handle(wid).fetch_history()
+    return sum(
+        1
+        for e in history.events
+        if e.HasField("workflow_execution_signaled_event_attributes")
+        and e.workflow_execution_signaled_event_attributes.signal_name == "engagement"
+    )
+
+
+def _human_hit(ip: str, seconds: float = 0.0) -> Hit:
+    headers = {k: v for k, v in HUMAN_HEADERS.items() if k != "user-agent"}
+    return Hit(utcnow() + timedelta(seconds=seconds), ip, "GET", CHROME, headers)
+
+
+async def _record(db: Database, msg: Message, name: str, hit: Hit) -> str:
+    async with db.session() as s:
+        row = next(r for r in msg.links.rows if r.name == name)
+        link = await s.get(TrackedLink, row.id)
+        assert link is not None
+        return await record_hit(s, link, hit)
+
+
+async def _event(db: Database, event_id: str) -> TrackingEvent | None:
+    async with db.session() as s:
+        return await s.get(TrackingEvent, event_id)
+
+
+async def _settled(db: Database, event_id: str, field: str) -> TrackingEvent | None:
+    """The event once `field` (verdict, signal_result) is set, else None."""
+    row = await _event(db, event_id)
+    return row if row is not None and getattr(row, field) else None
+
+
+async def _listening(db: Database, name: str) -> bool:
+    async with db.session() as s:
+        n = (
+            await s.exec(  # type: ignore[call-overload]
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE application_name = :name AND query = :q"
+                ).bindparams(name=name, q=f"LISTEN {HITS_CHANNEL}")
+            )
+        ).scalar_one()
+    return bool(n)
+
+
+async def test_a_judge_process_signals_a_click_recorded_by_an_api_without_a_judge(
+    db: Database, settings: Settings, temporal: Client, parked: list[str]
+) -> None:
+    """`journeys judge` beside an API with TRACKING_JUDGE_IN_API=false: the API records
+    the click and NOTIFYs; the judge process (polling only every 60 s) judges it and
+    signals the run."""
+    api_settings = settings.model_copy(update={"tracking_judge_in_api": False})
+    msg, wid = await _message_of_a_run(db, settings, temporal, parked)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "judge", "--poll-interval", "60"],
+        env=child_env(settings),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        await eventually(lambda: _listening(db, f"{LISTENER_NAME}-{proc.pid}"), timeout=60)
+        async for app, client in app_with_judge(api_settings, db, temporal):
+            assert getattr(app.state, "tracking_judge", None) is None, "no judge in the API"
+            r = await client.get(
+                msg.click("book"), headers={**HUMAN_HEADERS, "x-forwarded-for": "73.15.40.12"}
+            )
+            assert r.status_code == 302
+            stored = await events_of(db, msg.send_id)
+            assert len(stored) == 1
+            probe = functools.partial(_settled, db, stored[0].id, "signal_result")
+            row = await eventually(probe, timeout=10, interval=0.05)
+            assert row is not None and (row.verdict, row.signal_result) == ("human", SIGNAL_SENT)
+            assert await _engagement_signals(temporal, wid) == 1
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+
+async def test_notify_wakes_a_judge_that_would_not_poll_for_a_minute(
+    db: Database, settings: Settings
+) -> None:
+    judge = TrackingJudge(db, settings, None, poll_interval=60)
+    judge.start()
+    try:
+        await eventually(lambda: _listening(db, f"{LISTENER_NAME}-{os.getpid()}"))
+        await asyncio.sleep(0.5)  # the round LISTEN's start triggers is over
+        msg = await make_message(db, settings, LINKS)
+        first = await _record(db, msg, "book", _human_hit("73.15.41.12"))
+        # Another judge of the test session may poll this shared queue, so "still queued"
+        # cannot be asserted here; what this judge heard over LISTEN can.
+        heard = judge.notifications
+        async with db.session() as s:
+            await s.exec(text(f"NOTIFY {HITS_CHANNEL}"))  # type: ignore[call-overload]
+            await s.commit()
+        await eventually(lambda: _true(judge.notifications > heard), timeout=3, interval=0.05)
+
+        row = await eventually(
+            functools.partial(_settled, db, first, "verdict"), timeout=10, interval=0.05
+        )
+        assert row is not None and row.verdict == "human"
+    finally:
+        await judge.stop()
+
+
+async def test_concurrent_judging_keeps_message_order_and_signals_each_human_once(
+    db: Database, settings: Settings, temporal: Client, parked: list[str]
+) -> None:
+    """Two judges, each with several transactions in flight over small batches: a link
+    sweep is only seen (and not signalled) if each message's clicks are judged in order
+    by one classifier; every human click reaches its run exactly once."""
+    judges = [
+        TrackingJudge(db, settings, temporal, batch_messages=2, judge_tasks=4, listen=False)
+        for _ in range(2)
+    ]
+    await judges[0].work_once()  # whatever other tests left queued
+    sweeps = [await _message_of_a_run(db, settings, temporal, parked) for _ in range(8)]
+    humans = [await _message_of_a_run(db, settings, temporal, parked) for _ in range(8)]
+    for n, (msg, _) in enumerate(sweeps):
+        for i, name in enumerate(("book", "portal", "call")):
+            await _record(db, msg, name, _human_hit(f"93.184.{n}.9", 0.5 * i))
+    human_events = [
+        await _record(db, msg, "book", _human_hit(f"73.15.{n}.200"))
+        for n, (msg, _) in enumerate(humans)
+    ]
+    await asyncio.gather(*(j.work_once() for j in judges))
+
+    for msg, wid in sweeps:
+        rows = await events_of(db, msg.send_id)
+        assert [(r.verdict, r.reason) for r in rows] == [("automated", "link_sweep")] * 3
+        assert all(r.signal_result is None for r in rows), "a revised click is not signalled"
+        assert await _engagement_signals(temporal, wid) == 0
+    for event_id, (_, wid) in zip(human_events, humans, strict=True):
+        row = await _event(db, event_id)
+        assert row is not None and (row.verdict, row.signal_result) == ("human", SIGNAL_SENT)
+        assert await _engagement_signals(temporal, wid) == 1
+    # Once more with nothing queued: nothing is signalled again.
+    await asyncio.gather(*(j.work_once() for j in judges))
+    for _, wid in humans:
+        assert await _engagement_signals(temporal, wid) == 1
+
+
+async def test_a_message_another_judge_holds_is_left_to_it_without_spinning(
+    db: Database, settings: Settings
+) -> None:
+    judge = TrackingJudge(db, settings, None, listen=False)
+    await judge.work_once()  # whatever other tests left queued
+    msg = await make_message(db, settings, LINKS)
+    event = await _record(db, msg, "book", _human_hit("73.15.42.12"))
+    async with db.session() as other:  # another judge in the middle of this message
+        await other.exec(  # type: ignore[call-overload]
+            text(
+                "SELECT pg_advisory_xact_lock(hashtextextended('tracking_event:' || :id, 0))"
+            ).bindparams(id=msg.send_id)
+        )
+        assert await asyncio.wait_for(judge.judge_pending(), timeout=5) == 0
+        row = await _event(db, event)
+        assert row is not None and row.verdict is None
+        await other.rollback()
+    assert await judge.judge_pending() == 1
+    row = await _event(db, event)
+    assert row is not None and row.verdict == "human"
+
+
+async def test_human_clicks_refresh_behavioural_segments_in_one_batch(
+    db: Database, settings: Settings
+) -> None:
+    """Off the click's path, the contacts engaged by a burst enter a "clicked in the last
+    30 days" segment, and the machine-only contact does not."""
+    from core.models import Contact, Send
+    from services.context import ServiceContext
+    from services.segments import SegmentIn, create_segment
+
+    t = uuid.uuid4().hex[:8]
+    people = [f"c_seg{t}{i}" for i in range(3)]
+    machine = f"c_seg{t}m"
+    sends: dict[str, str] = {}
+    async with db.session() as s:
+        for cid in [*people, machine]:
+            s.add(Contact(id=cid, external_id=cid, attributes={"cohort": t}))
+            sends[cid] = f"s_{uuid.uuid4().hex[:20]}"
+            s.add(
+                Send(
+                    id=sends[cid],
+                    send_key=f"r_{cid}/hello/1",
+                    run_id=f"r_{cid}",
+                    journey_key="tracking-test",
+                    version=1,
+                    step="hello",
+                    visit=1,
+                    contact_id=cid,
+                    template_key="t",
+                    message_id=f"<{uuid.uuid4().hex}@example.org>",
+                    status="sent",
+                    sent_at=utcnow(),
+                )
+            )
+        await s.commit()
+        rule = {"all": [{"attr": "cohort", "op": "eq", "value": t},
+                        {"engagement": "click", "within": "P30D"}]}  # fmt: skip
+        await create_segment(
+            ServiceContext(s, settings, None), SegmentIn(key=f"clicked-{t}", rule=rule)
+        )
+    for n, cid in enumerate([*people, machine]):
+        msg = await make_message(db, settings, LINKS, send_id=sends[cid])
+        ip = "40.94.28.163" if cid == machine else f"73.15.{n + 50}.12"  # a Safe Links scanner
+        await _record(db, msg, "book", _human_hit(ip))
+    judge = TrackingJudge(db, settings, None, listen=False, segment_delay=0.1)
+    await judge.work_once()
+    await judge.stop()  # waits for the segment refresh it started
+    async with db.session() as s:
+        members = set(
+            (
+                await s.exec(  # type: ignore[call-overload]
+                    text(
+                        "SELECT contact_id FROM segment_membership WHERE segment_key = :k"
+                    ).bindparams(k=f"clicked-{t}")
+                )
+            ).scalars()
+        )
+    assert members == set(people)
+
+
+async def _true(value: bool) -> bool:
+    return value
