@@ -87,6 +87,7 @@ async def main() -> None:
                     help="WORKER_MAX_CACHED_WORKFLOWS for the worker (default: the product default)")
     ap.add_argument("--arena-max", type=int, default=None,
                     help="MALLOC_ARENA_MAX for the worker (default: what `journeys worker` sets)")
+    ap.add_argument("--no-sandbox", action="store_true", help="WORKER_WORKFLOW_SANDBOX=false")
     ap.add_argument("--wake", type=int, default=20, help="parked runs to signal `exit` at the end")
     ap.add_argument("--timeout", type=float, default=1800.0, help="give up parking after this long")
     args = ap.parse_args()
@@ -95,6 +96,8 @@ async def main() -> None:
         env["WORKER_MAX_CACHED_WORKFLOWS"] = str(args.cache)
     if args.arena_max is not None:
         env["MALLOC_ARENA_MAX"] = str(args.arena_max)
+    if args.no_sandbox:
+        env["WORKER_WORKFLOW_SANDBOX"] = "false"
     n = args.runs
     async with bench_stack() as stack:
         client = await connect(stack.settings)
@@ -131,7 +134,8 @@ async def main() -> None:
             worker.terminate()
             worker.wait()
     cache = args.cache if args.cache is not None else stack.settings.worker_max_cached_workflows
-    print(f"worker cache: {cache} workflows; MALLOC_ARENA_MAX {args.arena_max or 'as journeys worker sets it'}")
+    print(f"worker cache: {cache} workflows; sandbox {'off' if args.no_sandbox else 'on'}; "
+          f"MALLOC_ARENA_MAX {args.arena_max or 'as journeys worker sets it'}")
     print(f"runs parked: {parked} (enrolled {result.enrolled}, skipped {result.skipped}; "
           f"Temporal visibility: {in_temporal} running) in {park_s:.1f}s ({n / park_s:.0f} runs/s)")
     print(f"worker RSS: baseline {rss0 / MB:.0f} MB -> parked {rss1 / MB:.0f} MB -> after "

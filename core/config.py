@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     worker_max_concurrent_activities: int = 200
     worker_max_concurrent_workflow_tasks: int = 200
     worker_max_concurrent_local_activities: int = 200
+    # Run workflow code in Temporal's sandbox (a fresh module namespace per cached run).
+    worker_workflow_sandbox: bool = True
 
     # Behaviour
     tracking_token_ttl_days: int = 180
