@@ -36,13 +36,14 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--cache", type=int, default=1000, help="max_cached_workflows")
+    ap.add_argument("--steps", type=int, default=0, help="steps after the wait (definition size)")
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
     me = psutil.Process()
     async with bench_stack() as stack:
         settings = stack.settings.model_copy(update={"worker_max_cached_workflows": args.cache})
         client = await connect(settings)
-        ids = await seed_parked(stack, client, args.runs)
+        ids = await seed_parked(stack, client, args.runs, args.steps)
         worker = build_worker(client, stack.db, settings)
         async with worker:
             await asyncio.sleep(2)

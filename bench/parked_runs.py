@@ -88,6 +88,7 @@ async def main() -> None:
     ap.add_argument("--arena-max", type=int, default=None,
                     help="MALLOC_ARENA_MAX for the worker (default: what `journeys worker` sets)")
     ap.add_argument("--no-sandbox", action="store_true", help="WORKER_WORKFLOW_SANDBOX=false")
+    ap.add_argument("--steps", type=int, default=0, help="steps after the wait (definition size)")
     ap.add_argument("--wake", type=int, default=20, help="parked runs to signal `exit` at the end")
     ap.add_argument("--timeout", type=float, default=1800.0, help="give up parking after this long")
     args = ap.parse_args()
@@ -101,11 +102,11 @@ async def main() -> None:
     n = args.runs
     async with bench_stack() as stack:
         client = await connect(stack.settings)
-        ids = await seed_parked(stack, client, n)
+        ids = await seed_parked(stack, client, n, args.steps)
         worker = stack.spawn("-m", "cli.main", "worker", **env)
         proc = psutil.Process(worker.pid)
         try:
-            await asyncio.sleep(8)  # imports, preflight, first polls
+            await asyncio.sleep(10)  # imports, preflight, first polls
             rss0 = tree_rss(proc)
             cpu0 = await idle_cpu(proc, args.idle_seconds)
             pg0, sq0 = await db_bytes(stack)
@@ -134,7 +135,7 @@ async def main() -> None:
             worker.terminate()
             worker.wait()
     cache = args.cache if args.cache is not None else stack.settings.worker_max_cached_workflows
-    print(f"worker cache: {cache} workflows; sandbox {'off' if args.no_sandbox else 'on'}; "
+    print(f"journey: wait + {args.steps} steps; worker cache: {cache} workflows; sandbox {'off' if args.no_sandbox else 'on'}; "
           f"MALLOC_ARENA_MAX {args.arena_max or 'as journeys worker sets it'}")
     print(f"runs parked: {parked} (enrolled {result.enrolled}, skipped {result.skipped}; "
           f"Temporal visibility: {in_temporal} running) in {park_s:.1f}s ({n / park_s:.0f} runs/s)")

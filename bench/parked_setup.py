@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import func, insert
 from sqlmodel import select
@@ -18,8 +19,25 @@ JOURNEY = "parked"
 WAIT_STEP = "pause"
 
 
-async def seed_parked(stack: BenchStack, client: Client, n: int) -> list[str]:
-    """N contacts (one insert) and the published journey `parked`: wait P30D, then exit."""
+def parked_steps(extra: int) -> dict[str, Any]:
+    """Wait P30D, then `extra` steps (event waits and contact updates, as a real journey
+    has after its first wait; they size the definition each run carries), then exit."""
+    names = [f"s{i}" for i in range(extra)] + ["done"]
+    steps: dict[str, Any] = {WAIT_STEP: {"type": "wait", "duration": "P30D", "next": names[0]}}
+    for i in range(extra):
+        nxt = names[i + 1]
+        steps[names[i]] = (
+            {"type": "wait_for_event", "event": "visit_booked", "where": {"clinic": "north"},
+             "timeout": "P7D", "yes": nxt, "no": nxt}
+            if i % 2 == 0
+            else {"type": "update_contact", "set": {f"stage_{i}": "reminded"}, "next": nxt}
+        )
+    steps["done"] = {"type": "exit"}
+    return steps
+
+
+async def seed_parked(stack: BenchStack, client: Client, n: int, extra_steps: int = 0) -> list[str]:
+    """N contacts (one insert) and the published journey `parked` (see parked_steps)."""
     ids = [f"c_park{i:07d}" for i in range(n)]
     async with stack.db.session() as s:
         await s.execute(insert(Contact), [
@@ -30,9 +48,7 @@ async def seed_parked(stack: BenchStack, client: Client, n: int) -> list[str]:
         ctx = ServiceContext(s, stack.settings, client)
         await create_journey(ctx, {
             "key": JOURNEY, "name": "parked", "category": "care", "trigger": {"type": "manual"},
-            "start": WAIT_STEP,
-            "steps": {WAIT_STEP: {"type": "wait", "duration": "P30D", "next": "done"},
-                      "done": {"type": "exit"}},
+            "start": WAIT_STEP, "steps": parked_steps(extra_steps),
         })
         await publish_journey(ctx, JOURNEY)
     return ids
