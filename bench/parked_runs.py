@@ -90,7 +90,7 @@ async def main() -> None:
     ap.add_argument("--no-sandbox", action="store_true", help="WORKER_WORKFLOW_SANDBOX=false")
     ap.add_argument("--steps", type=int, default=0, help="steps after the wait (definition size)")
     ap.add_argument("--wake", type=int, default=20, help="parked runs to signal `exit` at the end")
-    ap.add_argument("--timeout", type=float, default=1800.0, help="give up parking after this long")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="give up parking after this long")
     args = ap.parse_args()
     env: dict[str, str] = {}
     if args.cache is not None:
@@ -121,6 +121,8 @@ async def main() -> None:
                     raise enrolment.exception()  # type: ignore[misc]
                 await asyncio.sleep(1.0)
                 parked = await parked_count(stack)
+                if int(time.perf_counter() - t0) % 60 == 0:
+                    print(f"{time.perf_counter() - t0:.0f}s: {parked} parked", file=sys.stderr, flush=True)
                 rss_peak = max(rss_peak, tree_rss(proc))
             park_s = time.perf_counter() - t0
             result = await enrolment
