@@ -114,6 +114,7 @@ async def main() -> None:
             t0 = time.perf_counter()
             enrolment = asyncio.create_task(enrol_parked(stack, client, ids))
             parked = 0
+            said = t0
             while parked < n:
                 if time.perf_counter() - t0 > args.timeout:
                     raise SystemExit(f"only {parked} of {n} runs parked after {args.timeout:.0f}s")
@@ -121,8 +122,9 @@ async def main() -> None:
                     raise enrolment.exception()  # type: ignore[misc]
                 await asyncio.sleep(1.0)
                 parked = await parked_count(stack)
-                if int(time.perf_counter() - t0) % 60 == 0:
-                    print(f"{time.perf_counter() - t0:.0f}s: {parked} parked", file=sys.stderr, flush=True)
+                if time.perf_counter() - said >= 60:
+                    said = time.perf_counter()
+                    print(f"{said - t0:.0f}s: {parked} parked", file=sys.stderr, flush=True)
                 rss_peak = max(rss_peak, tree_rss(proc))
             park_s = time.perf_counter() - t0
             result = await enrolment
