@@ -27,6 +27,7 @@ from temporalio.worker import Replayer  # noqa: E402
 from core.config import Settings  # noqa: E402
 from workflows.journey import JourneyWorkflow  # noqa: E402
 
+
 async def each(histories: list[WorkflowHistory]) -> AsyncIterator[WorkflowHistory]:
     for h in histories:
         yield h
