@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.chaining import ChainingActivities
 from activities.contact_updates import ContactUpdateActivities
@@ -75,6 +76,9 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
         max_concurrent_local_activities=settings.worker_max_concurrent_local_activities,
         # Parked runs need no cache: evicted ones replay on their next event.
         max_cached_workflows=settings.worker_max_cached_workflows,
+        workflow_runner=(
+            SandboxedWorkflowRunner() if settings.worker_workflow_sandbox else UnsandboxedWorkflowRunner()
+        ),
     )
 
 

@@ -14,12 +14,18 @@ from typing import Any
 from dsl.model import ConditionUnion, JourneyDefinition
 
 _CACHE_SIZE = 256
-_cache: OrderedDict[tuple[str, int, str], JourneyDefinition] = OrderedDict()
+# (key, version, JSON text) -> (the JSON as first seen, parsed). One copy per version per
+# process: a worker caching 1,000 parked runs of a journey holds one definition, not 1,000.
+_cache: OrderedDict[tuple[str, int, str], tuple[dict[str, Any], JourneyDefinition]] = OrderedDict()
 _lock = Lock()
 
 
-def parse_definition(journey_key: str, version: int, raw: dict[str, Any]) -> JourneyDefinition:
-    """The parsed definition; raises pydantic.ValidationError for a malformed one."""
+def load_definition(
+    journey_key: str, version: int, raw: dict[str, Any]
+) -> tuple[dict[str, Any], JourneyDefinition]:
+    """The shared JSON (equal to `raw`; never mutate it) and the parsed definition.
+
+    Raises pydantic.ValidationError for a malformed one."""
     # The JSON text is part of the key: a test or a hand-edited row may reuse key+version.
     text = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
     key = (journey_key, version, text)
@@ -28,12 +34,17 @@ def parse_definition(journey_key: str, version: int, raw: dict[str, Any]) -> Jou
         if found is not None:
             _cache.move_to_end(key)
             return found
-    parsed = JourneyDefinition.model_validate(raw)
+    entry = (raw, JourneyDefinition.model_validate(raw))
     with _lock:
-        _cache[key] = parsed
+        entry = _cache.setdefault(key, entry)  # another thread may have parsed it meanwhile
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
-    return parsed
+    return entry
+
+
+def parse_definition(journey_key: str, version: int, raw: dict[str, Any]) -> JourneyDefinition:
+    """The parsed definition; raises pydantic.ValidationError for a malformed one."""
+    return load_definition(journey_key, version, raw)[1]
 
 
 def condition_json(condition: ConditionUnion) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from workflows.definitions import parse_definition
+    from workflows.definitions import load_definition
     from workflows.interpreter import RunEnded
     from workflows.steps import StepRunner
     from workflows.types import EngagementSignal, EventSignal, JourneyInput
@@ -33,13 +33,15 @@ class JourneyWorkflow(StepRunner):
     @workflow.init
     def __init__(self, inp: JourneyInput) -> None:
         try:
-            defn = parse_definition(inp.journey_key, inp.version, inp.definition)
+            shared, defn = load_definition(inp.journey_key, inp.version, inp.definition)
         except ValidationError:
             # Published versions are validated; this is a hand-made or corrupted input.
             raise ApplicationError(
                 "journey definition does not parse", {"journey": inp.journey_key},
                 type="DefinitionError", non_retryable=True,
             ) from None
+        # Equal content, so no command changes; the run's own decoded copy is freed.
+        inp.definition = shared
         self._setup(inp, defn)
         self.last_step: str | None = None
 

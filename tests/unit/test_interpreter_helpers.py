@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ from temporalio.exceptions import ApplicationError
 from activities.contact_updates import changed_fields
 from activities.lookups import normalised_date, parse_conditions
 from dsl.model import WaitForEngagementStep, WaitStep
-from workflows.definitions import condition_json, parse_definition, where_json
+from workflows.definitions import condition_json, load_definition, parse_definition, where_json
 from workflows.steps import engagement_matches, needs_contact_clock
 from workflows.types import EngagementSignal
 
@@ -65,6 +66,16 @@ def test_parse_definition_is_cached_per_content() -> None:
     assert parse_definition("k", 1, dict(DEFINITION)) is first
     changed = {**DEFINITION, "name": "other"}
     assert parse_definition("k", 1, changed) is not first
+
+
+def test_load_definition_shares_one_copy_per_content() -> None:
+    # Runs of one version hold the same JSON and parsed objects, not a copy each.
+    raw_a, parsed_a = load_definition("shared", 3, json.loads(json.dumps(DEFINITION)))
+    raw_b, parsed_b = load_definition("shared", 3, json.loads(json.dumps(DEFINITION)))
+    assert raw_b is raw_a and parsed_b is parsed_a
+    assert raw_a == DEFINITION
+    raw_c, parsed_c = load_definition("shared", 4, json.loads(json.dumps(DEFINITION)))
+    assert raw_c is not raw_a and parsed_c is not parsed_a
 
 
 def test_condition_and_where_json_round_trip() -> None:
