@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import func, insert  # noqa: E402
@@ -28,6 +30,42 @@ from services.journeys import create_journey, publish_journey  # noqa: E402
 from services.templates import TemplateIn, create_template  # noqa: E402
 
 
+class CpuMeter:
+    """CPU seconds by component (Temporal server, PostgreSQL, workers, this driver with the
+    SMTP sink), so a phase can be read as CPU per workflow: on a 2-core machine the run is
+    bound by CPU, and this shows whose."""
+
+    def __init__(self, stack: BenchStack) -> None:
+        assert stack.temporal.proc is not None and stack.pg.proc is not None
+        self.temporal = psutil.Process(stack.temporal.proc.pid)
+        self.pg = psutil.Process(stack.pg.proc.pid)
+        self.me = psutil.Process()
+
+    @staticmethod
+    def _own(p: psutil.Process, reaped: bool = False) -> float:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            return 0.0
+        return t.user + t.system + ((t.children_user + t.children_system) if reaped else 0.0)
+
+    def _tree(self, p: psutil.Process) -> float:
+        # Exited backends are counted in the postmaster's children_* times.
+        return self._own(p, reaped=True) + sum(self._own(c) for c in p.children(recursive=True))
+
+    def snapshot(self, workers: list[int]) -> dict[str, float]:
+        return {
+            "temporal": self._own(self.temporal),
+            "postgres": self._tree(self.pg),
+            "workers": sum(self._own(psutil.Process(pid)) for pid in workers),
+            "driver+sink": self._own(self.me),
+        }
+
+    @staticmethod
+    def per_item(a: dict[str, float], b: dict[str, float], n: int) -> str:
+        return "  ".join(f"{k} {1000 * (b[k] - a[k]) / n:.1f}" for k in a)
+
+
 async def wait_until(probe, timeout: float = 900.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not await probe():
@@ -36,9 +74,11 @@ async def wait_until(probe, timeout: float = 900.0) -> None:  # type: ignore[no-
         await asyncio.sleep(0.05)
 
 
-async def raw_rate(stack: BenchStack, n: int) -> float:
+async def raw_rate(stack: BenchStack, n: int, meter: CpuMeter) -> float:
     proc = stack.spawn("bench/raw_worker.py")
     try:
+        await asyncio.sleep(1)  # the worker is polling
+        c0 = meter.snapshot([proc.pid])
         client = await Client.connect(str(stack.settings.temporal_address))
         queue = stack.settings.temporal_task_queue + "-raw"
         sem = asyncio.Semaphore(200)
@@ -53,14 +93,17 @@ async def raw_rate(stack: BenchStack, n: int) -> float:
         query = f"WorkflowType = 'BareWorkflow' AND ExecutionStatus = 'Completed' AND WorkflowId STARTS_WITH 'raw-{t0}-'"
         while (await client.count_workflows(query)).count < n:
             await asyncio.sleep(0.05)
-        return n / (time.perf_counter() - t0)
+        rate = n / (time.perf_counter() - t0)
+        print("  raw CPU ms/workflow:", meter.per_item(c0, meter.snapshot([proc.pid]), n))
+        return rate
     finally:
         proc.terminate()
         proc.wait()
 
 
-async def journey_rate(stack: BenchStack, n: int, workers: int) -> float:
+async def journey_rate(stack: BenchStack, n: int, workers: int, meter: CpuMeter) -> float:
     procs = [stack.spawn("-m", "cli.main", "worker") for _ in range(workers)]
+    pids = [p.pid for p in procs]
     try:
         client = await connect(stack.settings)
         tag = str(int(time.time()))
@@ -85,6 +128,8 @@ async def journey_rate(stack: BenchStack, n: int, workers: int) -> float:
             })
             await publish_journey(ctx, f"bench-{tag}")
             ids = [r["id"] for r in rows]
+            await asyncio.sleep(1)  # the workers are polling
+            c0 = meter.snapshot(pids)
             t0 = time.perf_counter()
             await enroll(ctx, f"bench-{tag}", ids)
 
@@ -94,7 +139,9 @@ async def journey_rate(stack: BenchStack, n: int, workers: int) -> float:
             return int(c) >= n
 
         await wait_until(all_sent)
-        return n / (time.perf_counter() - t0)
+        rate = n / (time.perf_counter() - t0)
+        print("  journey CPU ms/contact:", meter.per_item(c0, meter.snapshot(pids), n))
+        return rate
     finally:
         for p in procs:
             p.terminate()
@@ -111,12 +158,13 @@ async def main() -> None:
     raws, ours = [], []
     async with bench_stack() as stack:
         await asyncio.sleep(1)
+        meter = CpuMeter(stack)
         for _ in range(args.rounds):
-            raws.append(await raw_rate(stack, args.contacts))
+            raws.append(await raw_rate(stack, args.contacts, meter))
             async with stack.db.session() as s:
                 await s.exec(OutboxMessage.__table__.delete())  # type: ignore[attr-defined,call-overload]
                 await s.commit()
-            ours.append(await journey_rate(stack, args.contacts, args.workers))
+            ours.append(await journey_rate(stack, args.contacts, args.workers, meter))
     raw, our = statistics.median(raws), statistics.median(ours)
     print(f"contacts={args.contacts} workers={args.workers} rounds={args.rounds}")
     print(f"raw one-activity workflow: {raw:8.1f} workflows/s")
