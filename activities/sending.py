@@ -77,12 +77,13 @@ def _lock_key(send_key: str) -> int:
 @asynccontextmanager
 async def _heartbeating() -> AsyncIterator[None]:
     """Heartbeat while the attempt runs, so a dead worker is noticed in seconds rather
-    than after the start-to-close timeout."""
+    than after the start-to-close timeout. The heartbeat timeout runs from the start, so
+    the first beat can wait: a send done within a second costs no heartbeat call."""
 
     async def beat() -> None:
         while True:
-            activity.heartbeat()
             await asyncio.sleep(HEARTBEAT_EVERY)
+            activity.heartbeat()
 
     task = asyncio.create_task(beat())
     try:
