@@ -9,6 +9,7 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.chaining import ChainingActivities
 from activities.contact_updates import ContactUpdateActivities
@@ -31,6 +32,17 @@ log = logging.getLogger("journeys.worker")
 
 def workflows() -> Sequence[type]:
     return [JourneyWorkflow, SegmentSweepWorkflow, ScheduledEntryWorkflow]
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The sandbox, with our workflow modules passed through: the sandbox re-imports a
+    workflow's module for every run it starts (its class body and type hints evaluated
+    again), which measured 12% of the worker's CPU on the enrolment benchmark. Our
+    workflow modules keep no module state, and the interpreter they import was passed
+    through already."""
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows")
+    )
 
 
 def activities(db: Database, settings: Settings) -> list[Any]:
@@ -65,6 +77,7 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
         client,
         task_queue=settings.temporal_task_queue,
         workflows=workflows(),
+        workflow_runner=workflow_runner(),
         activities=activities(db, settings),
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
