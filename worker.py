@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.chaining import ChainingActivities
@@ -71,6 +71,19 @@ def activities(db: Database, settings: Settings) -> list[Any]:
     ]
 
 
+def poller_options(settings: Settings) -> dict[str, Any]:
+    """Poller counts (Settings WORKER_*_POLLS); bench/raw_worker.py uses the same."""
+    return dict(
+        workflow_task_poller_behavior=PollerBehaviorSimpleMaximum(
+            settings.worker_workflow_task_polls
+        ),
+        nonsticky_to_sticky_poll_ratio=settings.worker_nonsticky_poll_ratio,
+        activity_task_poller_behavior=PollerBehaviorSimpleMaximum(
+            settings.worker_activity_task_polls
+        ),
+    )
+
+
 def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
     logsafe.install()  # no PHI in logs: exception messages of libraries are withheld
     return Worker(
@@ -82,6 +95,7 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
         max_concurrent_local_activities=settings.worker_max_concurrent_local_activities,
+        **poller_options(settings),
         # Parked runs need no cache: evicted ones replay on their next event.
         max_cached_workflows=settings.worker_max_cached_workflows,
     )

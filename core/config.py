@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     worker_max_concurrent_activities: int = 200
     worker_max_concurrent_workflow_tasks: int = 200
     worker_max_concurrent_local_activities: int = 200
+    # Task pollers: a run's first workflow task comes from the shared queue, which the SDK's
+    # default (5 pollers, a fifth of them on that queue) drains one task per poll round trip.
+    worker_workflow_task_polls: int = 10
+    worker_nonsticky_poll_ratio: float = 0.5
+    worker_activity_task_polls: int = 10
 
     # Behaviour
     tracking_token_ttl_days: int = 180
