@@ -21,7 +21,7 @@ from activities.sending import SendActivities
 from activities.smtp import SmtpTransport, parse_smtp_url
 from core import logsafe
 from core.config import Settings, get_settings
-from core.db import Database
+from core.db import Database, get_engine
 from core.temporal import connect
 from workflows.journey import JourneyWorkflow
 from workflows.scheduled_entry import ScheduledEntryWorkflow
@@ -105,6 +105,8 @@ async def run_worker(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set (journeys dev sets it for you)")
+    # Sized before anything else opens this URL's engine (get_engine keeps the first).
+    get_engine(settings.database_url, pool_size=settings.worker_db_pool_size)
     db = Database(settings.database_url)
     client = await connect(settings)
     worker = build_worker(client, db, settings)
