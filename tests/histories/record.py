@@ -83,7 +83,9 @@ async def send_wait_send(st: Stack) -> list[tuple[str, str]]:
 
 
 async def send_exit(st: Stack) -> list[tuple[str, str]]:
-    """The enrolment benchmark's journey: one send, then exit."""
+    """The enrolment benchmark's journey: one send, then exit. send_exit_v1.json is this
+    scenario recorded before the local-records patch (record_steps an activity, one upsert
+    per change): keep it, it is what runs started then replay against."""
     cid = await make_contact(st.api, st.db)
     tpl = await make_template(st.api)
     d = journey(
