@@ -163,7 +163,7 @@ async def journey_rate(
                           "done": {"type": "exit"}},
             })
             await publish_journey(ctx, f"bench-{tag}")
-            ids = [r["id"] for r in rows]
+            ids = [str(r["id"]) for r in rows]
             await asyncio.sleep(1)  # the workers are polling
             c0 = meter.snapshot(pids)
             t0 = time.perf_counter()
