@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from core.config import Settings
@@ -19,23 +20,24 @@ class RunActivities:
         self.db = db
         self.settings = settings
 
-    async def _run_status_changed(self, inp: RecordInput) -> None:
+    async def _run_status_changed(self, s: AsyncSession, inp: RecordInput) -> None:
         """A run started or ended: segments with {"journey": KEY} conditions re-check the
-        contact."""
+        contact (on the session the records were committed with: one connection a call)."""
         if self.settings is None:
             return
         from services.context import ServiceContext
         from services.segment_membership import on_contact_changed
 
-        async with self.db.session() as s:
-            ctx = ServiceContext(s, self.settings, activity.client())
-            await on_contact_changed(ctx, inp.contact_id, kinds={f"journey:{inp.journey_key}"})
+        ctx = ServiceContext(s, self.settings, activity.client())
+        await on_contact_changed(ctx, inp.contact_id, kinds={f"journey:{inp.journey_key}"})
 
     @activity.defn(name="record_steps")
     async def record_steps(self, inp: RecordInput) -> None:
         ended = inp.status != "running"
         async with self.db.session() as s:
-            before = (await s.exec(select(Run.status).where(Run.id == inp.run_id))).first()
+            before = None
+            if not ended:  # an ended run re-checks segments whatever it was before
+                before = (await s.exec(select(Run.status).where(Run.id == inp.run_id))).first()
             values = dict(
                 id=inp.run_id,
                 journey_key=inp.journey_key,
@@ -83,6 +85,6 @@ class RunActivities:
             # Report counters move in the same transaction; both calls are retry-safe.
             await on_run_exit(s, inp.run_id)
             await s.commit()
-        # Ended runs re-check every time (a retry after a failed check must not skip it).
-        if before is None or before != inp.status or ended:
-            await self._run_status_changed(inp)
+            # Ended runs re-check every time (a retry after a failed check must not skip it).
+            if before is None or before != inp.status or ended:
+                await self._run_status_changed(s, inp)

@@ -31,7 +31,6 @@ from contextlib import asynccontextmanager, suppress
 
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
@@ -69,10 +68,10 @@ def send_id_for(send_key: str) -> str:
     return f"s_{hashlib.sha256(send_key.encode()).hexdigest()[:20]}"
 
 
-async def insert_reservation(s: AsyncSession, inp: SendInput, mail_domain: str) -> None:
-    """The ledger row in state `reserved`, unless it exists (caller commits)."""
+async def insert_reservation(s: AsyncSession, inp: SendInput, mail_domain: str) -> Send | None:
+    """The ledger row in state `reserved`, unless it exists (then None; caller commits)."""
     send_key = send_key_of(inp)
-    await s.exec(  # type: ignore[call-overload]
+    stmt = (
         insert(Send)
         .values(
             id=send_id_for(send_key),
@@ -91,7 +90,9 @@ async def insert_reservation(s: AsyncSession, inp: SendInput, mail_domain: str) 
             created_at=utcnow(),
         )
         .on_conflict_do_nothing(index_elements=["send_key"])
+        .returning(Send)
     )
+    return (await s.scalars(stmt)).first()
 
 
 def _lock_key(send_key: str) -> int:
@@ -102,12 +103,13 @@ def _lock_key(send_key: str) -> int:
 @asynccontextmanager
 async def _heartbeating() -> AsyncIterator[None]:
     """Heartbeat while the attempt runs, so a dead worker is noticed in seconds rather
-    than after the start-to-close timeout."""
+    than after the start-to-close timeout. The heartbeat timeout runs from the start, so
+    the first beat can wait: a send done within a second costs no heartbeat call."""
 
     async def beat() -> None:
         while True:
-            activity.heartbeat()
             await asyncio.sleep(HEARTBEAT_EVERY)
+            activity.heartbeat()
 
     task = asyncio.create_task(beat())
     try:
@@ -141,33 +143,34 @@ class SendActivities:
     @activity.defn(name="send_email")
     async def send_email(self, inp: SendInput) -> SendResult:
         send_key = send_key_of(inp)
-        async with _heartbeating(), self._locked(send_key) as conn:
-            session = AsyncSession(bind=conn, expire_on_commit=False)
-            try:
-                ctx = ServiceContext(session, self.settings, _temporal_client())
-                return await self._attempt(ctx, inp, send_key)
-            finally:
-                await session.close()
+        async with _heartbeating(), self._locked(send_key) as session:
+            ctx = ServiceContext(session, self.settings, _temporal_client())
+            return await self._attempt(ctx, inp, send_key)
 
     @asynccontextmanager
-    async def _locked(self, send_key: str) -> AsyncIterator[AsyncConnection]:
-        """One connection for the attempt, holding the send's advisory lock."""
+    async def _locked(self, send_key: str) -> AsyncIterator[AsyncSession]:
+        """A session on one connection for the whole attempt, holding the send's advisory
+        lock. The lock belongs to the connection, not the transaction: it is taken as the
+        first statement of the attempt's first transaction and outlives its commits."""
         key = _lock_key(send_key)
         async with self.db.engine.connect() as conn:
-            got = (await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})).scalar()
-            await conn.commit()
-            if not got:
-                # Another attempt of this send still runs (one that timed out but lives on).
-                raise ApplicationError(
-                    "another attempt of this send is still running", type="SendBusy"
-                )
+            session = AsyncSession(bind=conn, expire_on_commit=False)
+            got = False
             try:
-                yield conn
+                lock = text("SELECT pg_try_advisory_lock(:k)").bindparams(k=key)
+                got = bool((await session.exec(lock)).scalar())  # type: ignore[call-overload]
+                if not got:
+                    # Another attempt of this send still runs (one that timed out but lives on).
+                    raise ApplicationError(
+                        "another attempt of this send is still running", type="SendBusy"
+                    )
+                yield session
             finally:
                 try:
-                    await conn.rollback()
-                    await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    await conn.commit()
+                    await session.close()  # rolls back whatever the attempt left open
+                    if got:
+                        await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        await conn.commit()
                 except Exception:
                     # Never hand a connection that may still hold the lock back to the pool.
                     await conn.invalidate()
@@ -182,12 +185,20 @@ class SendActivities:
             if settled is not None:
                 return settled
 
-        contact = await s.get(Contact, inp.contact_id)
+        # Contact and template in one round trip; apart when one is missing (to say which).
+        both = (
+            await s.exec(
+                select(Contact, Template).where(
+                    Contact.id == inp.contact_id, Template.key == inp.template_key
+                )
+            )
+        ).first()
+        contact, template = both if both else (await s.get(Contact, inp.contact_id), None)
         if contact is None or contact.deleted_at is not None:
             return await self._finish(s, send, "blocked", "contact_deleted")
         if not contact.email:
             return await self._finish(s, send, "blocked", "no_email")
-        template = await s.get(Template, inp.template_key)
+        template = template or await s.get(Template, inp.template_key)
         if template is None:
             return await self._finish(s, send, "failed", f"template {inp.template_key!r} not found")
         send.category = inp.category or template.category
@@ -241,9 +252,12 @@ class SendActivities:
 
     async def _reserve(self, s: AsyncSession, inp: SendInput, send_key: str) -> Send:
         # The frequency-cap check (activities.lookups.send_cap) may have reserved it already.
-        await insert_reservation(s, inp, self.settings.mail_domain)
-        await s.commit()
-        send = (await s.exec(select(Send).where(Send.send_key == send_key))).one()
+        send = await insert_reservation(s, inp, self.settings.mail_domain)
+        # Not committed on its own: under the send's lock nobody else touches the row, and
+        # an attempt that dies before its next commit leaves nothing that matters (the
+        # `sending` commit comes before SMTP). One commit (and WAL flush) less per send.
+        if send is None:  # a later attempt: the row is there
+            send = (await s.exec(select(Send).where(Send.send_key == send_key))).one()
         return send
 
     async def _settle_interrupted(self, s: AsyncSession, send: Send) -> SendResult | None:

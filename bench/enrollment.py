@@ -13,10 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import func, insert  # noqa: E402
 from sqlmodel import select  # noqa: E402
+from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 
 from bench.stack import BenchStack, bench_stack  # noqa: E402
@@ -26,6 +29,73 @@ from services.context import ServiceContext  # noqa: E402
 from services.enrollment import enroll  # noqa: E402
 from services.journeys import create_journey, publish_journey  # noqa: E402
 from services.templates import TemplateIn, create_template  # noqa: E402
+from workflows.journey import workflow_id  # noqa: E402
+
+
+class CpuMeter:
+    """CPU seconds by component (Temporal server, PostgreSQL, workers, this driver with the
+    SMTP sink), so a phase can be read as CPU per workflow: on a 2-core machine the run is
+    bound by CPU, and this shows whose."""
+
+    def __init__(self, stack: BenchStack) -> None:
+        assert stack.temporal.proc is not None and stack.pg.proc is not None
+        self.temporal = psutil.Process(stack.temporal.proc.pid)
+        self.pg = psutil.Process(stack.pg.proc.pid)
+        self.me = psutil.Process()
+
+    @staticmethod
+    def _own(p: psutil.Process, reaped: bool = False) -> float:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            return 0.0
+        return t.user + t.system + ((t.children_user + t.children_system) if reaped else 0.0)
+
+    def _tree(self, p: psutil.Process) -> float:
+        # Exited backends are counted in the postmaster's children_* times.
+        return self._own(p, reaped=True) + sum(self._own(c) for c in p.children(recursive=True))
+
+    def snapshot(self, workers: list[int]) -> dict[str, float]:
+        return {
+            "temporal": self._own(self.temporal),
+            "postgres": self._tree(self.pg),
+            "workers": sum(self._own(psutil.Process(pid)) for pid in workers),
+            "driver+sink": self._own(self.me),
+        }
+
+    @staticmethod
+    def per_item(a: dict[str, float], b: dict[str, float], n: int) -> str:
+        return "  ".join(f"{k} {1000 * (b[k] - a[k]) / n:.1f}" for k in a)
+
+
+_SHORT = {
+    "WORKFLOW_EXECUTION_STARTED": "start", "WORKFLOW_TASK_SCHEDULED": "wft-sched",
+    "WORKFLOW_TASK_STARTED": "wft-start", "WORKFLOW_TASK_COMPLETED": "wft-done",
+    "ACTIVITY_TASK_SCHEDULED": "act-sched", "ACTIVITY_TASK_STARTED": "act-start",
+    "ACTIVITY_TASK_COMPLETED": "act-done", "WORKFLOW_EXECUTION_COMPLETED": "end",
+}
+
+
+async def phases(client: Client, workflow_ids: list[str], label: str) -> None:
+    """Where a run's time goes: median gap before each history event, over a sample of
+    runs (a long gap before `wft-start` or `act-start` is a backlog in that queue)."""
+    gaps: dict[str, list[float]] = {}
+    for wid in workflow_ids:
+        handle = client.get_workflow_handle(wid)
+        try:
+            await asyncio.wait_for(handle.result(), 60)
+        except Exception:
+            continue
+        events = (await handle.fetch_history()).events
+        prev = None
+        for i, ev in enumerate(events):
+            name = _SHORT.get(EventType.Name(ev.event_type).removeprefix("EVENT_TYPE_"))
+            at = ev.event_time.ToDatetime().timestamp()
+            if name and prev is not None:
+                gaps.setdefault(f"{i + 1:02d}:{name}", []).append(1000 * (at - prev))
+            prev = at
+    print(f"  {label} median ms before each event (over {len(workflow_ids)} runs):",
+          "  ".join(f"{k} {statistics.median(v):.0f}" for k, v in sorted(gaps.items())))
 
 
 async def wait_until(probe, timeout: float = 900.0) -> None:  # type: ignore[no-untyped-def]
@@ -36,9 +106,11 @@ async def wait_until(probe, timeout: float = 900.0) -> None:  # type: ignore[no-
         await asyncio.sleep(0.05)
 
 
-async def raw_rate(stack: BenchStack, n: int) -> float:
+async def raw_rate(stack: BenchStack, n: int, meter: CpuMeter, trace: bool = False) -> float:
     proc = stack.spawn("bench/raw_worker.py")
     try:
+        await asyncio.sleep(1)  # the worker is polling
+        c0 = meter.snapshot([proc.pid])
         client = await Client.connect(str(stack.settings.temporal_address))
         queue = stack.settings.temporal_task_queue + "-raw"
         sem = asyncio.Semaphore(200)
@@ -53,14 +125,21 @@ async def raw_rate(stack: BenchStack, n: int) -> float:
         query = f"WorkflowType = 'BareWorkflow' AND ExecutionStatus = 'Completed' AND WorkflowId STARTS_WITH 'raw-{t0}-'"
         while (await client.count_workflows(query)).count < n:
             await asyncio.sleep(0.05)
-        return n / (time.perf_counter() - t0)
+        rate = n / (time.perf_counter() - t0)
+        print("  raw CPU ms/workflow:", meter.per_item(c0, meter.snapshot([proc.pid]), n))
+        if trace:
+            await phases(client, [f"raw-{t0}-{i}" for i in range(0, n, max(1, n // 25))], "raw")
+        return rate
     finally:
         proc.terminate()
         proc.wait()
 
 
-async def journey_rate(stack: BenchStack, n: int, workers: int) -> float:
+async def journey_rate(
+    stack: BenchStack, n: int, workers: int, meter: CpuMeter, trace: bool = False
+) -> float:
     procs = [stack.spawn("-m", "cli.main", "worker") for _ in range(workers)]
+    pids = [p.pid for p in procs]
     try:
         client = await connect(stack.settings)
         tag = str(int(time.time()))
@@ -84,7 +163,9 @@ async def journey_rate(stack: BenchStack, n: int, workers: int) -> float:
                           "done": {"type": "exit"}},
             })
             await publish_journey(ctx, f"bench-{tag}")
-            ids = [r["id"] for r in rows]
+            ids = [str(r["id"]) for r in rows]
+            await asyncio.sleep(1)  # the workers are polling
+            c0 = meter.snapshot(pids)
             t0 = time.perf_counter()
             await enroll(ctx, f"bench-{tag}", ids)
 
@@ -94,7 +175,12 @@ async def journey_rate(stack: BenchStack, n: int, workers: int) -> float:
             return int(c) >= n
 
         await wait_until(all_sent)
-        return n / (time.perf_counter() - t0)
+        rate = n / (time.perf_counter() - t0)
+        print("  journey CPU ms/contact:", meter.per_item(c0, meter.snapshot(pids), n))
+        if trace:
+            sample = ids[:: max(1, n // 25)]
+            await phases(client, [workflow_id(f"bench-{tag}", c) for c in sample], "journey")
+        return rate
     finally:
         for p in procs:
             p.terminate()
@@ -107,16 +193,20 @@ async def main() -> None:
     ap.add_argument("--contacts", type=int, default=5000)
     ap.add_argument("--workers", type=int, default=1, help="journey worker processes")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--trace", action="store_true", help="where a run's time goes (histories)")
     args = ap.parse_args()
     raws, ours = [], []
     async with bench_stack() as stack:
         await asyncio.sleep(1)
+        meter = CpuMeter(stack)
         for _ in range(args.rounds):
-            raws.append(await raw_rate(stack, args.contacts))
+            raws.append(await raw_rate(stack, args.contacts, meter, args.trace))
             async with stack.db.session() as s:
                 await s.exec(OutboxMessage.__table__.delete())  # type: ignore[attr-defined,call-overload]
                 await s.commit()
-            ours.append(await journey_rate(stack, args.contacts, args.workers))
+            ours.append(
+                await journey_rate(stack, args.contacts, args.workers, meter, args.trace)
+            )
     raw, our = statistics.median(raws), statistics.median(ours)
     print(f"contacts={args.contacts} workers={args.workers} rounds={args.rounds}")
     print(f"raw one-activity workflow: {raw:8.1f} workflows/s")

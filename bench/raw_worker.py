@@ -1,4 +1,5 @@
-"""Baseline for bench/enrollment.py: a bare one-activity workflow on the same server."""
+"""Baseline for bench/enrollment.py: a bare one-activity workflow on the same server,
+polled with the same worker tuning (slots, pollers: Settings WORKER_*) as the journey worker."""
 
 from __future__ import annotations
 
@@ -26,14 +27,21 @@ class BareWorkflow:
 
 
 async def main() -> None:
+    # Imported here, not at the top: the sandbox re-imports this module for every run, and
+    # the baseline must not pay for our modules.
+    from core.config import Settings
+    from worker import poller_options
+
+    settings = Settings()
     client = await Client.connect(os.environ["TEMPORAL_ADDRESS"])
     worker = Worker(
         client,
         task_queue=os.environ["TEMPORAL_TASK_QUEUE"] + "-raw",
         workflows=[BareWorkflow],
         activities=[bare_activity],
-        max_concurrent_activities=200,
-        max_concurrent_workflow_tasks=200,
+        max_concurrent_activities=settings.worker_max_concurrent_activities,
+        max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
+        **poller_options(settings),
     )
     await worker.run()
 

@@ -81,6 +81,16 @@ class Settings(BaseSettings):
     worker_max_concurrent_local_activities: int = 200
     # Run workflow code in Temporal's sandbox (a fresh module namespace per cached run).
     worker_workflow_sandbox: bool = True
+    # Task pollers: a run's first workflow task comes from the shared queue, which the SDK's
+    # default (5 pollers, a fifth of them on that queue) drains one task per poll round trip.
+    worker_workflow_task_polls: int = 10
+    worker_nonsticky_poll_ratio: float = 0.5
+    worker_activity_task_polls: int = 10
+    # Persistent database connections of a worker (plus up to 20 opened on demand). A
+    # send holds one for its whole attempt; connections beyond the pool are closed after
+    # each use, so a pool smaller than the usual number of sends in flight reconnects
+    # (a new PostgreSQL backend) for every send.
+    worker_db_pool_size: int = 40
 
     # Behaviour
     tracking_token_ttl_days: int = 180

@@ -74,15 +74,20 @@ class StartOutcome:
     signalled: bool = False  # signal-with-start reached a run that was already running
 
 
-def search_attributes(journey_key: str, version: int, contact_id: str) -> TypedSearchAttributes:
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(sa.JOURNEY_KEY, journey_key),
-            SearchAttributePair(sa.JOURNEY_VERSION, version),
-            SearchAttributePair(sa.CONTACT_ID, contact_id),
-            SearchAttributePair(sa.JOURNEY_STATUS, "running"),
-        ]
-    )
+def search_attributes(
+    journey_key: str, version: int, contact_id: str, step: str | None = None
+) -> TypedSearchAttributes:
+    """step: the journey's start step. Given at start, the run need not upsert it when it
+    enters that step (one visibility write less per run)."""
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(sa.JOURNEY_KEY, journey_key),
+        SearchAttributePair(sa.JOURNEY_VERSION, version),
+        SearchAttributePair(sa.CONTACT_ID, contact_id),
+        SearchAttributePair(sa.JOURNEY_STATUS, "running"),
+    ]
+    if step:
+        pairs.append(SearchAttributePair(sa.JOURNEY_STEP, step))
+    return TypedSearchAttributes(pairs)
 
 
 def journey_input(
@@ -173,7 +178,9 @@ async def _start_once(
         id=wid,
         task_queue=task_queue,
         id_reuse_policy=reentry.reuse_policy(v.definition.get("reentry")),
-        search_attributes=search_attributes(v.journey_key, v.version, contact_id),
+        search_attributes=search_attributes(
+            v.journey_key, v.version, contact_id, v.definition.get("start")
+        ),
     )
     try:
         if trigger_event is None:

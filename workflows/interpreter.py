@@ -53,6 +53,10 @@ DB_TIMEOUT = timedelta(seconds=30)
 SEEN_EVENTS_KEPT = 200  # ids of recent events, to drop a re-delivered signal
 ENGAGEMENTS_KEPT = 200
 FLUSH_AFTER_RECORDS = 200  # a long run of non-blocking steps still writes its trail
+# Runs started from this patch on write their records with a local activity (no activity
+# task round trip through the server) and send each workflow task's search attribute
+# changes as one upsert. Older histories replay with the old commands.
+LOCAL_RECORDS_PATCH = "local-record-steps-batched-search-attributes"
 REASON_CODE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
@@ -94,6 +98,8 @@ class Interpreter:
             if self.sa_enabled
             else None
         )
+        self.sa_sent_step = self.sa_step  # what the server has (differs only when batched)
+        self.batched = False  # set by use_patches() when the run starts
         self.condition_rules = [
             rule.condition for rule in defn.exit_when if isinstance(rule, ConditionExit)
         ]
@@ -133,6 +139,10 @@ class Interpreter:
             "chain": list(self.inp.chain),
         }
 
+    def use_patches(self) -> None:
+        """Decided once, first thing in the run, so a replay takes the same path."""
+        self.batched = workflow.patched(LOCAL_RECORDS_PATCH)
+
     # --- activities ----------------------------------------------------------------------
     async def call(
         self,
@@ -143,6 +153,7 @@ class Interpreter:
         retry: RetryPolicy = DB_RETRY,
         heartbeat: timedelta | None = None,
     ) -> T:
+        self.sync_search_attributes()
         result: T = await workflow.execute_activity(
             name,
             arg,
@@ -170,37 +181,63 @@ class Interpreter:
         if step is not None:
             self.log(step, self.state.visits.get(step, 0), "exited", reason)
         self.dirty = True
-        if self.sa_enabled:
+        if self.batched:
+            self.sync_search_attributes(status)
+        elif self.sa_enabled:
             workflow.upsert_search_attributes([sa.JOURNEY_STATUS.value_set(status)])
 
     def mark_step(self, step: str) -> None:
-        if self.sa_enabled and step != self.sa_step:
+        if self.sa_enabled and step != self.sa_step and not self.batched:
             workflow.upsert_search_attributes([sa.JOURNEY_STEP.value_set(step)])
+            self.sa_sent_step = step
         self.sa_step = step
 
+    def sync_search_attributes(self, status: str | None = None) -> None:
+        """Batched runs: one upsert for the step and status changes since the last one,
+        made before the workflow waits (any activity, timer or condition) or ends."""
+        if not self.sa_enabled:
+            return
+        updates = []
+        if self.sa_step is not None and self.sa_step != self.sa_sent_step:
+            updates.append(sa.JOURNEY_STEP.value_set(self.sa_step))
+            self.sa_sent_step = self.sa_step
+        if status is not None:
+            updates.append(sa.JOURNEY_STATUS.value_set(status))
+        if updates:
+            workflow.upsert_search_attributes(updates)
+
     async def flush(self, force: bool = False) -> None:
-        """Write buffered step records and the run row (one activity)."""
+        """Write buffered step records and the run row (one activity, local when batched)."""
         if not (force or self.dirty or self.pending):
             return
         records, self.pending = self.pending, []
         self.dirty = False
-        await self.call(
+        inp = RecordInput(
+            run_id=self.run_id,
+            workflow_id=workflow.info().workflow_id,
+            journey_key=self.inp.journey_key,
+            version=self.inp.version,
+            contact_id=self.inp.contact_id,
+            records=records,
+            status=self.state.status,
+            step=self.state.step,
+            visits=dict(self.state.visits),
+            exit_reason=self.state.exit_reason,
+            waiting_for=self.waiting_for,
+            goal_reached_at=self.state.goal_reached_at,
+        )
+        if not self.batched:
+            await self.call("record_steps", inp, type(None))
+            return
+        # Idempotent (by seq), so the local activity running again after a lost workflow
+        # task is harmless; retried like any database write.
+        self.sync_search_attributes()
+        await workflow.execute_local_activity(
             "record_steps",
-            RecordInput(
-                run_id=self.run_id,
-                workflow_id=workflow.info().workflow_id,
-                journey_key=self.inp.journey_key,
-                version=self.inp.version,
-                contact_id=self.inp.contact_id,
-                records=records,
-                status=self.state.status,
-                step=self.state.step,
-                visits=dict(self.state.visits),
-                exit_reason=self.state.exit_reason,
-                waiting_for=self.waiting_for,
-                goal_reached_at=self.state.goal_reached_at,
-            ),
-            type(None),
+            inp,
+            result_type=type(None),
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=DB_RETRY,
         )
 
     def set_waiting(self, waiting_for: dict[str, Any] | None) -> None:
@@ -229,6 +266,7 @@ class Interpreter:
                 await self.flush()
                 continue  # time passed and signals may have come: check again
             timeout = None if until is None else until - workflow.now()
+            self.sync_search_attributes()
             try:
                 await workflow.wait_condition(
                     lambda: self.woken() or done(), timeout=timeout
@@ -353,6 +391,7 @@ class Interpreter:
         """Carry the whole state (visits, pending wait and its deadline, received signals)
         into a fresh history. Called only where no activity is in flight."""
         await self.flush()
+        self.sync_search_attributes()
         await workflow.wait_condition(workflow.all_handlers_finished)
         inp = self.inp
         workflow.continue_as_new(

@@ -65,6 +65,7 @@ class JourneyWorkflow(StepRunner):
     # --- interpreter --------------------------------------------------------------------
     @workflow.run
     async def run(self, inp: JourneyInput) -> dict[str, Any]:
+        self.use_patches()
         if inp.state is None and inp.journey_key in inp.chain:
             # The contact came here through start_journey from this very journey.
             self.end("exited", "loop_guard", self.defn.start)

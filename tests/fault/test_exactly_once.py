@@ -56,6 +56,18 @@ async def _assert_exactly_once(stack: FaultStack, key: str, ids: list[str], time
         assert lost[0] == 0, "a run skipped a step"
 
 
+async def _first_sends(stack: FaultStack, key: str) -> None:
+    """Mid-journey for sure: the worker is up (a worker still starting when Temporal goes
+    away exits at its preflight, and the journey would never move) and sends go out."""
+
+    async def sending() -> bool:
+        async with stack.db.session() as s:
+            n = (await s.exec(select(func.count()).select_from(Send).where(Send.journey_key == key))).one()
+        return int(n) > 0
+
+    await eventually(sending, timeout=60, interval=0.2)
+
+
 async def test_sigkill_worker_repeatedly(fault_stack: FaultStack) -> None:
     rnd = random.Random(7)
     fault_stack.start_worker()
@@ -82,7 +94,7 @@ async def test_smtp_transient_failures_and_drops(fault_stack: FaultStack) -> Non
 async def test_restart_temporal_and_postgres_mid_journey(fault_stack: FaultStack) -> None:
     fault_stack.start_worker()
     key, ids = await make_journey(fault_stack, 100, wait="PT4S")
-    await asyncio.sleep(1.0)
+    await _first_sends(fault_stack, key)
     fault_stack.temporal.stop()
     await asyncio.sleep(1.0)
     fault_stack.temporal.start()

@@ -82,6 +82,21 @@ async def send_wait_send(st: Stack) -> list[tuple[str, str]]:
     return [(key, cid)]
 
 
+async def send_exit(st: Stack) -> list[tuple[str, str]]:
+    """The enrolment benchmark's journey: one send, then exit. send_exit_v1.json is this
+    scenario recorded before the local-records patch (record_steps an activity, one upsert
+    per change): keep it, it is what runs started then replay against."""
+    cid = await make_contact(st.api, st.db)
+    tpl = await make_template(st.api)
+    d = journey(
+        {"mail": {"type": "send_email", "template": tpl, "next": "done"}, "done": {"type": "exit"}},
+        "mail",
+    )
+    key = await start(st.api, d, cid)
+    await finished(st.api, key, cid)
+    return [(key, cid)]
+
+
 async def engagement_update_branch_split(st: Stack) -> list[tuple[str, str]]:
     seg = f"seg-{uuid.uuid4().hex[:8]}"
     async with st.db.session() as s:
@@ -231,6 +246,7 @@ async def frequency_cap_skip_and_defer(st: Stack) -> list[tuple[str, str]]:
 
 SCENARIOS: dict[str, Scenario] = {
     "send_wait_send": send_wait_send,
+    "send_exit": send_exit,
     "engagement_update_branch_split": engagement_update_branch_split,
     "events_goal_exit": events_goal_exit,
     "loop_guard_and_operator_exit": loop_guard_and_operator_exit,

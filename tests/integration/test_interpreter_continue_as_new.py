@@ -41,7 +41,7 @@ async def test_a_looping_run_continues_as_new_and_keeps_its_visits(
     api: httpx.AsyncClient, db: Database, temporal: Client, settings: Settings
 ) -> None:
     cid = await make_contact(api, db)
-    loops = 10
+    loops = 20  # enough history (about 7 events a loop) for several continue-as-news
     d = journey(
         {
             "tick": {"type": "wait", "duration": "PT0.1S", "next": "again", "max_visits": loops},

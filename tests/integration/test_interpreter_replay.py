@@ -19,6 +19,8 @@ HISTORIES = sorted((Path(__file__).parent.parent / "histories").glob("*.json"))
 def test_there_are_recorded_histories() -> None:
     names = {p.stem for p in HISTORIES}
     assert {"send_wait_send", "continue_as_new_mid_wait", "events_goal_exit"} <= names
+    # send -> exit before (record_steps an activity) and after the local-records patch.
+    assert {"send_exit_v1", "send_exit"} <= names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
