@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from temporalio.client import Client, TLSConfig
+from typing import Literal
+
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleAlreadyRunningError,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+    TLSConfig,
+)
 
 from core.codec import KeyRing, data_converter
 from core.config import Settings
@@ -46,3 +55,20 @@ async def connect(settings: Settings, address: str | None = None) -> Client:
             f"cannot reach Temporal at {target} (namespace {settings.temporal_namespace}); "
             "start it or set TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE / TEMPORAL_TLS_*"
         ) from exc
+
+
+async def put_schedule(
+    client: Client, schedule_id: str, schedule: Schedule
+) -> Literal["created", "updated"]:
+    """Creates the schedule, or replaces an existing one's definition with `schedule`."""
+    try:
+        await client.create_schedule(schedule_id, schedule)
+        return "created"
+    except ScheduleAlreadyRunningError:
+        pass
+
+    def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+        return ScheduleUpdate(schedule=schedule)
+
+    await client.get_schedule_handle(schedule_id).update(replace)
+    return "updated"

@@ -28,16 +28,14 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
 )
 
 from core.models import Event, utcnow
+from core.temporal import put_schedule
 from services.context import ServiceContext
 from services.dispatch import dispatch_events, retry_delay
 
@@ -203,11 +201,4 @@ async def ensure_redelivery_schedule(
 ) -> None:
     """Creates the schedule, or brings an existing one to this task queue and interval."""
     wanted = redelivery_schedule(task_queue, every, workflow_id)
-    try:
-        await client.create_schedule(schedule_id, wanted)
-    except ScheduleAlreadyRunningError:
-
-        def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
-            return ScheduleUpdate(schedule=wanted)
-
-        await client.get_schedule_handle(schedule_id).update(update)
+    await put_schedule(client, schedule_id, wanted)

@@ -21,14 +21,11 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
     ScheduleState,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
@@ -36,6 +33,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.config import Settings
 from core.db import Database
 from core.models import Journey, JourneyVersion
+from core.temporal import put_schedule
 from services.audience import audience_page
 from services.context import Actor, ServiceContext
 from services.enrollment import EnrollmentResult, enroll
@@ -135,17 +133,7 @@ async def _sync(ctx: ServiceContext, journey: Journey) -> str:
     schedule = build_schedule(
         journey.key, trigger, ctx.settings.temporal_task_queue, journey.status == "paused"
     )
-    try:
-        await client.create_schedule(schedule_id(journey.key), schedule)
-        return "created"
-    except ScheduleAlreadyRunningError:
-        pass
-
-    def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
-        return ScheduleUpdate(schedule=schedule)
-
-    await handle.update(replace)
-    return "updated"
+    return await put_schedule(client, schedule_id(journey.key), schedule)
 
 
 async def enroll_audience(

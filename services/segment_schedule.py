@@ -9,15 +9,13 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
 )
 
+from core.temporal import put_schedule
 from workflows.segment_sweep import SWEEP_WORKFLOW
 
 SCHEDULE_ID = "segments-sweep"
@@ -43,11 +41,4 @@ async def ensure_sweep_schedule(
 ) -> None:
     """Creates the schedule, or brings an existing one to this task queue and interval."""
     wanted = sweep_schedule(task_queue, every)
-    try:
-        await client.create_schedule(schedule_id, wanted)
-    except ScheduleAlreadyRunningError:
-
-        def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
-            return ScheduleUpdate(schedule=wanted)
-
-        await client.get_schedule_handle(schedule_id).update(update)
+    await put_schedule(client, schedule_id, wanted)
