@@ -140,9 +140,9 @@ async def setup(stack: BenchStack, n: int, tag: str) -> tuple[str, list[str]]:
     client = await connect(stack.settings)
     ids = [f"c_clk{tag}{i:05d}" for i in range(n)]
     async with stack.db.session() as s:
-        await s.execute(
+        await s.exec(  # type: ignore[call-overload]
             insert(Contact),
-            [
+            params=[
                 {
                     "id": cid,
                     "external_id": f"clk-{tag}-{i}",
@@ -153,9 +153,9 @@ async def setup(stack: BenchStack, n: int, tag: str) -> tuple[str, list[str]]:
                 for i, cid in enumerate(ids)
             ],
         )
-        await s.execute(
+        await s.exec(  # type: ignore[call-overload]
             insert(Consent),
-            [
+            params=[
                 {"contact_id": cid, "category": "care", "granted": True, "source": "bench"}
                 for cid in ids
             ],

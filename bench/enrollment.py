@@ -150,8 +150,8 @@ async def journey_rate(
                  "email": f"p{i}@example.com", "timezone": "UTC", "attributes": {}}
                 for i in range(n)
             ]
-            await s.execute(insert(Contact), rows)
-            await s.execute(insert(Consent), [
+            await s.exec(insert(Contact), params=rows)  # type: ignore[call-overload]
+            await s.exec(insert(Consent), params=[  # type: ignore[call-overload]
                 {"contact_id": r["id"], "category": "care", "granted": True, "source": "bench"} for r in rows
             ])
             await s.commit()

@@ -40,7 +40,7 @@ async def seed_parked(stack: BenchStack, client: Client, n: int, extra_steps: in
     """N contacts (one insert) and the published journey `parked` (see parked_steps)."""
     ids = [f"c_park{i:07d}" for i in range(n)]
     async with stack.db.session() as s:
-        await s.execute(insert(Contact), [
+        await s.exec(insert(Contact), params=[  # type: ignore[call-overload]
             {"id": cid, "external_id": f"park-{i}", "email": f"p{i}@example.com",
              "timezone": "UTC", "attributes": {}} for i, cid in enumerate(ids)
         ])
