@@ -58,16 +58,19 @@ async def connect(settings: Settings, address: str | None = None) -> Client:
 
 
 async def put_schedule(
-    client: Client, schedule_id: str, schedule: Schedule
+    client: Client, schedule_id: str, schedule: Schedule, *, keep_state: bool = False
 ) -> Literal["created", "updated"]:
-    """Creates the schedule, or replaces an existing one's definition with `schedule`."""
+    """Creates the schedule, or replaces an existing one's definition with `schedule`;
+    with keep_state, an existing schedule keeps its state (an operator's pause)."""
     try:
         await client.create_schedule(schedule_id, schedule)
         return "created"
     except ScheduleAlreadyRunningError:
         pass
 
-    def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+    def replace(current: ScheduleUpdateInput) -> ScheduleUpdate:
+        if keep_state:
+            schedule.state = current.description.schedule.state
         return ScheduleUpdate(schedule=schedule)
 
     await client.get_schedule_handle(schedule_id).update(replace)

@@ -44,6 +44,7 @@ from services import audit
 from services.context import ServiceContext
 from services.errors import NotFound
 from services.tracking import forget_all_links
+from services.tracking_buffer import HITS_LOCK
 
 log = logging.getLogger("journeys.erasure")
 
@@ -101,13 +102,9 @@ async def erase_contact(ctx: ServiceContext, contact_id: str) -> ErasureResult:
     result.events_cleared = res.rowcount or 0
 
     sends = sa_select(col(Send.id)).where(col(Send.contact_id) == contact_id).scalar_subquery()
-    res = await s.exec(  # type: ignore[call-overload]
-        update(TrackingEvent)
-        .where(col(TrackingEvent.send_id).in_(sends))
-        .values(ip=None, user_agent=None, headers={})
-    )
-    result.tracking_events_cleared = res.rowcount or 0
-
+    # Hit batches in flight commit first (their evidence is cleared below); later ones
+    # see the tombstones and store nothing (services.tracking_buffer.HITS_LOCK).
+    await s.exec(text(f"SELECT pg_advisory_xact_lock({HITS_LOCK})"))  # type: ignore[call-overload]
     # Every kind (click, trap, open, unsub) is tombstoned: a hit on any of them afterwards
     # is about an erased person, and the unsubscribe page still works from send_id.
     res = await s.exec(  # type: ignore[call-overload]
@@ -116,6 +113,13 @@ async def erase_contact(ctx: ServiceContext, contact_id: str) -> ErasureResult:
         .values(url=None, erased_at=contact.deleted_at)
     )
     result.links_tombstoned = res.rowcount or 0
+
+    res = await s.exec(  # type: ignore[call-overload]
+        update(TrackingEvent)
+        .where(col(TrackingEvent.send_id).in_(sends))
+        .values(ip=None, user_agent=None, headers={})
+    )
+    result.tracking_events_cleared = res.rowcount or 0
 
     res = await s.exec(  # type: ignore[call-overload]
         delete(SegmentMembership).where(col(SegmentMembership.contact_id) == contact_id)

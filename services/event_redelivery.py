@@ -199,6 +199,7 @@ async def ensure_redelivery_schedule(
     schedule_id: str = SCHEDULE_ID,
     workflow_id: str = WORKFLOW_ID,
 ) -> None:
-    """Creates the schedule, or brings an existing one to this task queue and interval."""
+    """Creates the schedule, or brings an existing one to this task queue and interval
+    (an operator's pause is kept)."""
     wanted = redelivery_schedule(task_queue, every, workflow_id)
-    await put_schedule(client, schedule_id, wanted)
+    await put_schedule(client, schedule_id, wanted, keep_state=True)  # a pause stays

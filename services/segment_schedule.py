@@ -39,6 +39,7 @@ def sweep_schedule(task_queue: str, every: timedelta = EVERY) -> Schedule:
 async def ensure_sweep_schedule(
     client: Client, task_queue: str, every: timedelta = EVERY, schedule_id: str = SCHEDULE_ID
 ) -> None:
-    """Creates the schedule, or brings an existing one to this task queue and interval."""
+    """Creates the schedule, or brings an existing one to this task queue and interval
+    (an operator's pause is kept)."""
     wanted = sweep_schedule(task_queue, every)
-    await put_schedule(client, schedule_id, wanted)
+    await put_schedule(client, schedule_id, wanted, keep_state=True)  # a pause stays

@@ -171,6 +171,7 @@ class LinkCache:
         self.hits = 0
         self.misses = 0
         self.lookups = 0  # queries sent
+        self.generation = 0  # bumped by clear(): a lookup in flight then is not cached
         _CACHES.add(self)
 
     def __len__(self) -> int:
@@ -205,6 +206,7 @@ class LinkCache:
         while self._waiting:
             ids = list(itertools.islice(self._waiting, self.max_batch))
             futures = [self._waiting.pop(i) for i in ids]
+            generation = self.generation
             try:
                 found = await self._query(ids)
             except Exception as exc:
@@ -217,7 +219,7 @@ class LinkCache:
             expires = self.clock() + self.ttl
             for link_id, f in zip(ids, futures, strict=True):
                 link = found.get(link_id)
-                if link is not None:
+                if link is not None and generation == self.generation:
                     self._entries[link_id] = (expires, link)
                 if not f.done():
                     f.set_result(link)
@@ -237,6 +239,7 @@ class LinkCache:
         self._entries.pop(link_id, None)
 
     def clear(self) -> None:
+        self.generation += 1
         self._entries.clear()
 
     async def close(self) -> None:

@@ -44,6 +44,13 @@ CONNECT_TIMEOUT = 5  # seconds; an unreachable database must not hold hits for m
 # arrays (json.dumps is C; per-field adaptation or COPY's three round-trips cost the
 # request path's process several times more), PostgreSQL unpacks them, and
 # pg_notify in the same statement is delivered at commit, when the rows are visible.
+# Erasure and hit writes exclude each other through this advisory lock: a batch takes it
+# shared in its transaction before the INSERT (whose snapshot then sees any erasure that
+# committed first, and skips hits on tombstoned links); an erasure takes it exclusively
+# (services.erasure), so batches in flight commit before it clears their evidence.
+HITS_LOCK = 0x6A6F75726E657973  # "journeys"
+_LOCK_SHARED_SQL = f"SELECT pg_advisory_xact_lock_shared({HITS_LOCK})"
+
 _BATCH_SQL = f"""
 WITH written AS (
     INSERT INTO tracking_event
@@ -51,6 +58,10 @@ WITH written AS (
     SELECT e->>0, e->>1, e->>2, e->>3, e->>4, (e->>5)::timestamptz, e->>6, e->>7, e->>8,
            (e->9)::jsonb, false
     FROM json_array_elements(%s::json) AS e
+    WHERE NOT EXISTS (
+        SELECT 1 FROM tracked_link l WHERE l.id = e->>2 AND l.erased_at IS NOT NULL
+    )
+    ON CONFLICT (id) DO NOTHING  -- a batch retried after a lost reply
     RETURNING 1
 )
 SELECT pg_notify('{NOTIFY_CHANNEL}', count(*)::text) FROM written
@@ -61,8 +72,10 @@ SELECT pg_notify('{NOTIFY_CHANNEL}', count(*)::text) FROM written
 class HitRow:
     """One `tracking_event` row as the request saw it (no verdict: the judge's queue).
 
-    The row's id is given when it is written (`copy_line`): nothing on the request path
-    needs it, and one random draw per batch is cheaper than one per request."""
+    The row's id is given when its batch is first written (`batch_payload`): nothing on
+    the request path needs it, and one random draw per batch is cheaper than one per
+    request. A retried batch keeps its ids, so a write whose reply was lost is not
+    stored twice."""
 
     send_id: str
     link_id: str
@@ -73,11 +86,12 @@ class HitRow:
     user_agent: str | None
     method: str
     headers: dict[str, str]
+    event_id: str | None = None
 
-    def values(self, event_id: str) -> tuple[object, ...]:
+    def values(self) -> tuple[object, ...]:
         """The row in _BATCH_SQL's column order."""
         return (
-            event_id,
+            self.event_id,
             self.send_id,
             self.link_id,
             self.kind,
@@ -97,8 +111,10 @@ def new_event_ids(n: int) -> list[str]:
 
 
 def batch_payload(batch: Sequence[HitRow]) -> str:
-    ids = new_event_ids(len(batch))
-    return json.dumps([row.values(i) for row, i in zip(batch, ids, strict=True)])
+    fresh = [row for row in batch if row.event_id is None]
+    for row, event_id in zip(fresh, new_event_ids(len(fresh)), strict=True):
+        row.event_id = event_id
+    return json.dumps([row.values() for row in batch])
 
 
 def libpq_url(db: Database) -> str:
@@ -111,6 +127,7 @@ async def write_inline(db: Database, row: HitRow) -> None:
     """One row in its own transaction over the app's pool (the full-buffer fallback)."""
     async with db.engine.begin() as conn:
         await conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+        await conn.exec_driver_sql(_LOCK_SHARED_SQL)
         await conn.exec_driver_sql(_BATCH_SQL, (batch_payload([row]),))
 
 
@@ -275,7 +292,10 @@ class HitBuffer:
 
     async def _write(self, batch: Sequence[HitRow]) -> None:
         conn = await self._connection()
-        await conn.execute(_BATCH_SQL, (batch_payload(batch),), prepare=True)
+        payload = batch_payload(batch)
+        async with conn.transaction():
+            await conn.execute(_LOCK_SHARED_SQL, prepare=True)
+            await conn.execute(_BATCH_SQL, (payload,), prepare=True)
         self.written += len(batch)
         self.batches += 1
         if self.on_commit is not None:

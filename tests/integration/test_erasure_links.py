@@ -20,16 +20,27 @@ from tests.journey_support import until
 from tests.security_helpers import enroll, grant_consent, send_wait_send_journey
 
 
-def _click_path(raw: bytes) -> str:
+def _html(raw: bytes) -> str:
     msg = message_from_bytes(raw, policy=policy.default)
     assert isinstance(msg, EmailMessage)
     part = msg.get_body(preferencelist=("html",))
     assert part is not None
-    html = part.get_content()
+    return str(part.get_content())
+
+
+def _click_path(raw: bytes) -> str:
     # The visible "Book" link (the hidden trap link is a /t/c/ link too).
-    found = re.search(r'href="https?://[^/"]+(/t/c/[^"]+)"[^>]*>Book<', html)
+    found = re.search(r'href="https?://[^/"]+(/t/c/[^"]+)"[^>]*>Book<', _html(raw))
     assert found, "no tracked link in the message"
     return found.group(1)
+
+
+def _other_tracking_paths(raw: bytes, click: str) -> list[str]:
+    """The open pixel and the hidden trap link: both record a hit when followed."""
+    paths = set(re.findall(r'"https?://[^/"]+(/t/[oc]/[^"]+)"', _html(raw))) - {click}
+    assert any(p.startswith("/t/o/") for p in paths), "no open pixel in the message"
+    assert any(p.startswith("/t/c/") for p in paths), "no trap link in the message"
+    return sorted(paths)
 
 
 async def test_erasure_tombstones_link_destinations(api: httpx.AsyncClient, db: Database) -> None:
@@ -52,28 +63,33 @@ async def test_erasure_tombstones_link_destinations(api: httpx.AsyncClient, db: 
             ).first()
         return m.raw if m is not None else None
 
-    path = _click_path(await until(delivered, timeout=20))
+    raw = await until(delivered, timeout=20)
+    path = _click_path(raw)
+    others = _other_tracking_paths(raw, path)
     before = await api.get(path, follow_redirects=False)
     assert before.status_code == 302 and before.headers["location"] == destination
 
     r = await api.delete(f"/v1/contacts/{cid}")
     assert r.status_code == 204
 
-    async def clicks() -> int:
+    async def hits() -> int:
         async with db.session() as s:
             sends = select(Send.id).where(Send.contact_id == cid)
             q = select(func.count()).select_from(TrackingEvent).where(
-                col(TrackingEvent.send_id).in_(sends), TrackingEvent.kind == "click"
+                col(TrackingEvent.send_id).in_(sends)
             )
             return int((await s.exec(q)).one())
 
-    assert await until(clicks, timeout=10) == 1  # the click before erasure was recorded
+    assert await until(hits, timeout=10) == 1  # the click before erasure was recorded
     after = await api.get(path, follow_redirects=False)
     assert after.status_code in (404, 410), after.status_code
     assert "location" not in after.headers
     assert secret not in after.text
-    await asyncio.sleep(0.3)  # past the hit writer's linger
-    assert await clicks() == 1  # a click on an erased person's message is not recorded
+    for other in others:  # the pixel answers (an image), the trap its page
+        r = await api.get(other, follow_redirects=False)
+        assert r.status_code in (200, 404) and "location" not in r.headers, other
+    await asyncio.sleep(0.3)  # past a hit writer's linger, had one buffered these
+    assert await hits() == 1  # nothing followed on an erased person's message is recorded
 
     async with db.session() as s:
         sends = select(Send.id).where(Send.contact_id == cid)

@@ -240,6 +240,11 @@ async def test_sweep_schedule_runs_the_sweep_on_temporal(
             return await members(api, key) == set()
 
         await eventually(swept, timeout=30, interval=2)
+
+        # An operator's pause survives the next worker start.
+        await handle.pause(note="maintenance")
+        await ensure_sweep_schedule(temporal, settings.temporal_task_queue, schedule_id=schedule_id)
+        assert (await handle.describe()).schedule.state.paused
     finally:
         await handle.delete()
     assert await segment_events(db, key) == [("segment_exit", contact)]

@@ -242,7 +242,8 @@ async def test_fast_path_answers_exactly_as_the_routes(
         "/t/c/",
     ]
     # Routes only: the app without its lifespan (no pipeline, hits written inline).
-    plain = create_app(settings, db=db, temporal=temporal)
+    quiet = settings.model_copy(update={"tracking_judge_in_api": False})  # no stray judge
+    plain = create_app(quiet, db=db, temporal=temporal)
     transport = httpx.ASGITransport(app=plain, client=("127.0.0.1", 5555))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
         expected = [
@@ -270,3 +271,16 @@ async def test_fast_path_answers_exactly_as_the_routes(
             assert (await fc.post(msg.click("book"))).status_code == 405
         assert await app.state.tracking_buffer.flush()
         assert app.state.tracking_buffer.written > served  # the pipeline wrote them
+
+
+async def test_a_retried_batch_is_not_stored_twice(db: Database) -> None:
+    """A batch whose commit reply was lost is written again with the same ids."""
+    send_id = f"s_{uuid.uuid4().hex[:20]}"
+    batch = [_row(send_id, n) for n in range(3)]
+    buffer = HitBuffer(db)
+    try:
+        await buffer._write(batch)
+        await buffer._write(batch)  # the retry after "connection lost" on the reply
+    finally:
+        await buffer.stop()
+    assert await _count(db, send_id) == 3
