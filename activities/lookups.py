@@ -8,7 +8,6 @@ date attribute normalised for an until_attribute wait.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from datetime import datetime, timedelta
 from functools import cache
@@ -21,7 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.sending import insert_reservation
+from activities.sending import cap_lock_key, insert_reservation
 from core.config import Settings
 from core.db import Database
 from core.models import Contact, Event, SegmentMembership, Send, TrackingEvent, utcnow
@@ -141,12 +140,6 @@ def normalised_date(value: Any) -> str | None:
         return parse_date_or_datetime(value).isoformat()
     except ValueError:
         return None
-
-
-def cap_lock_key(contact_id: str) -> int:
-    """The advisory lock serialising a contact's frequency-cap decisions."""
-    digest = hashlib.sha256(b"journeys/cap-lock\0" + contact_id.encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class LookupActivities:

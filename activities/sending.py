@@ -95,9 +95,18 @@ async def insert_reservation(s: AsyncSession, inp: SendInput, mail_domain: str) 
     return (await s.scalars(stmt)).first()
 
 
-def _lock_key(send_key: str) -> int:
-    digest = hashlib.sha256(b"journeys/send-lock\0" + send_key.encode()).digest()
+def _advisory_key(namespace: bytes, key: str) -> int:
+    digest = hashlib.sha256(namespace + b"\0" + key.encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _lock_key(send_key: str) -> int:
+    return _advisory_key(b"journeys/send-lock", send_key)
+
+
+def cap_lock_key(contact_id: str) -> int:
+    """The advisory lock serialising a contact's frequency-cap decisions and new sends."""
+    return _advisory_key(b"journeys/cap-lock", contact_id)
 
 
 @asynccontextmanager
@@ -252,10 +261,12 @@ class SendActivities:
 
     async def _reserve(self, s: AsyncSession, inp: SendInput, send_key: str) -> Send:
         # The frequency-cap check (activities.lookups.send_cap) may have reserved it already.
+        # A new row is committed under the contact's cap lock, so the cap decisions of the
+        # contact's other runs (capped journeys) count this send from now on.
+        lock = text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=cap_lock_key(inp.contact_id))
+        await s.exec(lock)  # type: ignore[call-overload]
         send = await insert_reservation(s, inp, self.settings.mail_domain)
-        # Not committed on its own: under the send's lock nobody else touches the row, and
-        # an attempt that dies before its next commit leaves nothing that matters (the
-        # `sending` commit comes before SMTP). One commit (and WAL flush) less per send.
+        await s.commit()
         if send is None:  # a later attempt: the row is there
             send = (await s.exec(select(Send).where(Send.send_key == send_key))).one()
         return send
