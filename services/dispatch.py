@@ -25,7 +25,7 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -57,6 +57,18 @@ REDELIVERY_AGE = timedelta(seconds=5)
 def retry_delay(attempts: int) -> timedelta:
     """The wait before the next delivery of an event that failed `attempts` times."""
     return min(RETRY_FIRST * (2 ** min(max(attempts - 1, 0), 16)), RETRY_MAX)
+
+
+async def _together(calls: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run the calls concurrently; when one fails, the others are cancelled before its
+    error is raised, so nothing keeps starting or signalling after the caller gave up
+    (and released its row locks)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for call in calls:
+                group.create_task(call)
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -195,7 +207,7 @@ async def dispatch_events(ctx: ServiceContext, events: Sequence[Event]) -> list[
                     writes, redelivery=events[i].id in again,
                 )
 
-    await asyncio.gather(*(deliver_contact(cid, order) for cid, order in by_contact.items()))
+    await _together(deliver_contact(cid, order) for cid, order in by_contact.items())
 
     await _record(ctx, events, reaches, writes, locked)
     answers.update((ev.id, r.as_dict()) for ev, r in zip(events, reaches, strict=True))
@@ -296,7 +308,7 @@ async def _deliver(
         for e in entries
         if e.journey_key not in open_runs
     ]
-    await asyncio.gather(*calls)
+    await _together(calls)
 
 
 async def _signal_run(client: Client, run: _Open, sig: EventSignal) -> _Closed | None:
