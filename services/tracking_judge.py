@@ -56,20 +56,21 @@ from temporalio.service import RPCError, RPCStatusCode
 from classifier import Classifier, TrackingEvidence, Verdict
 from classifier.classifier import DEFAULT_HORIZON
 from core.config import Settings
-from core.db import Database, normalize_url
+from core.db import Database
 from core.models import Run, Send, TrackedLink, TrackingEvent, utcnow
 from services.context import ServiceContext
 from services.network_list import ActiveList, NetworkListCache
 from services.report_rollup import ids as rollup_ids
 from services.report_rollup import rollup_tracking
 from services.segment_membership import on_contacts_changed
+from services.tracking_buffer import NOTIFY_CHANNEL, libpq_url
 from workflows.types import EngagementSignal
 
 log = logging.getLogger("journeys.tracking.judge")
 
 ENGAGEMENT_SIGNAL = "engagement"
 # PostgreSQL channel an API process notifies after committing hits.
-HITS_CHANNEL = "tracking_hits"
+HITS_CHANNEL = NOTIFY_CHANNEL  # what the hit writer notifies
 HELD_ELSEWHERE_PAUSE = 0.25  # seconds before retrying messages another judge holds
 LISTENER_NAME = "journeys-judge"  # + "-<pid>": the listener in pg_stat_activity
 
@@ -259,7 +260,7 @@ class TrackingJudge:
     async def _listen(self) -> None:
         """LISTEN on a connection of its own (a pooled one would be handed to others);
         reconnects with a backoff, and the poll covers the gaps."""
-        conninfo = normalize_url(self.db.url).replace("postgresql+psycopg://", "postgresql://", 1)
+        conninfo = libpq_url(self.db)
         delay = 0.5
         while True:
             try:

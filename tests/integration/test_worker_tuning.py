@@ -53,11 +53,13 @@ async def test_a_run_parks_and_exits_without_the_sandbox(
                          definition=definition),
             id=f"journey/park/{contact}", task_queue=queue,
         )
-        for _ in range(100):  # until it sits in the wait
+        for _ in range(100):  # until it sits in the wait (its timer is running)
             state = await handle.query("state")
-            if state.get("step") == "pause":
+            if (state.get("waiting_for") or {}).get("kind") == "timer":
                 break
             await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the run never parked in its wait")
         await handle.signal("exit", "test")
         result = await asyncio.wait_for(handle.result(), 30)
     assert result["status"] == "exited"
