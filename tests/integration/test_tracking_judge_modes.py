@@ -299,17 +299,26 @@ async def test_human_clicks_refresh_behavioural_segments_in_one_batch(
     judge = TrackingJudge(db, settings, None, listen=False, segment_delay=0.1)
     await judge.work_once()
     await judge.stop()  # waits for the segment refresh it started
-    async with db.session() as s:
-        members = set(
-            (
-                await s.exec(  # type: ignore[call-overload]
-                    text(
-                        "SELECT contact_id FROM segment_membership WHERE segment_key = :k"
-                    ).bindparams(k=f"clicked-{t}")
-                )
-            ).scalars()
-        )
-    assert members == set(people)
+
+    async def members() -> set[str]:
+        async with db.session() as s:
+            return set(
+                (
+                    await s.exec(  # type: ignore[call-overload]
+                        text(
+                            "SELECT contact_id FROM segment_membership WHERE segment_key = :k"
+                        ).bindparams(k=f"clicked-{t}")
+                    )
+                ).scalars()
+            )
+
+    # Whichever judge of the test session judged the clicks refreshes the segment; the
+    # machine-only contact never enters it.
+    async def everyone() -> set[str] | None:
+        found = await members()
+        return found if found >= set(people) else None
+
+    assert await eventually(everyone, timeout=10) == set(people)
 
 
 async def _true(value: bool) -> bool:
