@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from api.main import create_app
-from api.tracking_fastpath import TRACKING_PREFIXES, TrackingFastPath
+from api.tracking_fastpath import TrackingFastPath, is_tracking_path
 
 
 class Front:
@@ -20,7 +20,7 @@ class Front:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(TRACKING_PREFIXES):
+        if scope["type"] == "http" and is_tracking_path(scope["path"]):
             fast: TrackingFastPath | None = getattr(self.app.state, "tracking_fastpath", None)
             if fast is not None and await fast.handle(scope, send):
                 return

@@ -264,6 +264,13 @@ class TrackingEndpoints:
 
 
 TRACKING_PREFIXES = ("/t/o/", "/t/c/")
+# Without a token (a client normalised "/t/o/." away): a 404 here, not the framework's
+# trailing-slash redirect.
+TRACKING_BARE = ("/t/o", "/t/c")
+
+
+def is_tracking_path(path: str) -> bool:
+    return path.startswith(TRACKING_PREFIXES) or path in TRACKING_BARE
 
 
 class TrackingFastPath:
@@ -280,7 +287,7 @@ class TrackingFastPath:
             return False
         path: str = scope["path"]
         method: str = scope["method"]
-        if not path.startswith(TRACKING_PREFIXES) or (method != "GET" and method != "HEAD"):
+        if not is_tracking_path(path) or (method != "GET" and method != "HEAD"):
             return False
         client: Sequence[Any] | None = scope.get("client")
         reply = await self.endpoints.respond(

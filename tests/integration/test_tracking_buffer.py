@@ -72,7 +72,7 @@ async def test_buffered_hits_are_written_in_batches_with_a_notify(db: Database) 
         row = (
             await conn.execute(
                 text(
-                    "SELECT id, user_agent, headers, verdict FROM tracking_event WHERE send_id = :s LIMIT 1"
+                    "SELECT id, user_agent, headers FROM tracking_event WHERE send_id = :s LIMIT 1"
                 ),
                 {"s": send_id},
             )
@@ -80,7 +80,7 @@ async def test_buffered_hits_are_written_in_batches_with_a_notify(db: Database) 
     assert row.id.startswith("te_") and len(row.id) == 23
     assert row.user_agent == "Mozilla/5.0 \\ tab\there"
     assert row.headers == {"accept": "text/html", "accept-language": "fr-FR\tx\\y"}
-    assert row.verdict is None  # the judge's queue
+    # (Its verdict is the judge's business: the session's judge may already have woken.)
 
 
 async def test_stop_writes_every_accepted_hit(db: Database) -> None:
