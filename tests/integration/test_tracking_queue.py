@@ -99,9 +99,9 @@ async def test_two_judges_share_the_queue_and_keep_each_message_in_order(
         for i, name in enumerate(("book", "portal", "call")):
             await _record(db, msg, name, _hit(ip, 0.5 * i, msg))
     done_a, done_b = await asyncio.gather(a.work_once(), b.work_once())
-    assert done_a > 0 and done_b > 0, "both processes took part"
-    # A third judge of the test session (the API fixture's) may take some of the queue too;
-    # nobody judges an event twice, and every message keeps its order (the sweeps below).
+    # A third judge of the test session (the API fixture's, woken by every NOTIFY) may take
+    # part of the queue, so only the sum is bounded here: nobody judges an event twice,
+    # and every message keeps its order (the sweeps below).
     assert done_a + done_b <= 60, "each event judged once"
     for msg in messages:
         rows = await judged(db, msg.send_id, 3)
