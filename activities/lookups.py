@@ -143,7 +143,7 @@ def normalised_date(value: Any) -> str | None:
 
 
 class LookupActivities:
-    def __init__(self, db: Database, settings: Settings | None = None) -> None:
+    def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
         self.settings = settings  # needed by send_cap to reserve a send (message id domain)
 
@@ -264,8 +264,6 @@ class LookupActivities:
                 )
                 if len(rows) < inp.max_sends:
                     if inp.send is not None:
-                        if self.settings is None:
-                            raise RuntimeError("send_cap needs settings to reserve a send")
                         await insert_reservation(s, inp.send, self.settings.mail_domain)
                     await s.commit()  # releases the lock with the reservation in place
                     return SendCapResult(count=len(rows), next_allowed_at=None)

@@ -46,22 +46,9 @@ class Hit:
     headers: dict[str, str]
 
 
-async def find_link(
-    session: AsyncSession, link_id: bytes, kinds: frozenset[str]
-) -> TrackedLink | None:
-    link = await session.get(TrackedLink, link_id.hex())
-    if link is None or link.kind not in kinds:
-        return None
-    return link
-
-
-def redirect_target(link: TrackedLink) -> str | None:
-    """The stored destination, only if it is a web address (never javascript:, data:, ...)."""
-    return safe_target(link.url)
-
-
 def safe_target(url: str | None) -> str | None:
-    """`url` if it is a web address fit for a Location header, else None."""
+    """`url` if it is a web address fit for a Location header (never javascript:, data:,
+    ...), else None."""
     if not url or not url.lower().startswith(SAFE_SCHEMES):
         return None
     if any(ch in url for ch in "\r\n"):
@@ -117,9 +104,6 @@ class LinkInfo:
     @property
     def hit_link(self) -> str | None:
         return TRAP_LINK if self.kind == "trap" else self.name
-
-    def redirect_target(self) -> str | None:
-        return safe_target(self.url)
 
 
 _LINKS_SQL = (
