@@ -175,6 +175,9 @@ class Run(SQLModel, table=True):
     goal_reached_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     started_at: datetime = _ts()
     ended_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # The event whose delivery started this run (None: enrolment, segment entry, or not yet
+    # known); a later try of that delivery must not start it again (services.dispatch).
+    trigger_event_id: str | None = None
 
 
 class StepLog(SQLModel, table=True):

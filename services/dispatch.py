@@ -14,9 +14,14 @@ contacts proceed concurrently; new run rows and results are written in one trans
 Delivery is durable: the event rows are locked (FOR UPDATE) for the whole dispatch, so the
 request path and the redelivery sweep (services.event_redelivery) never deliver one event
 at the same time, and an event some of whose Temporal calls failed (Temporal unreachable)
-stays undispatched with what did succeed kept in dispatch_result: its journeys already
-started are not started again, and signals are dropped by runs that have seen the event
-id. The sweep tries it again with backoff.
+stays undispatched with what did succeed kept in dispatch_result. A later try does only
+what is still missing: journeys an earlier try started, signalled or skipped are left
+alone (even when their run closed in between: a delivered event earns no re-entry), and a
+journey this event started on a try whose outcome was never recorded (the process died)
+is found by the run's trigger event (run.trigger_event_id, or the run's input in Temporal)
+and not started again. The sweep tries it again with backoff. A call Temporal refuses for
+good (a configuration or data problem: services.temporal_errors) is recorded per journey
+as `failed` with a reason code, logged, and not tried again.
 """
 
 from __future__ import annotations
@@ -25,23 +30,25 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from core.models import Event, JourneyVersion, Run, utcnow
 from services import reentry
 from services.context import ServiceContext
-from services.enrollment import insert_runs, run_row, start
+from services.enrollment import run_row, start
 from services.entry_hooks import contacts_changed
+from services.temporal_errors import refusal_code, run_not_found, transient
 from services.triggers import Entry, trigger_index
-from workflows.types import EventSignal
+from workflows.types import EventSignal, JourneyInput
 
 log = logging.getLogger("journeys.dispatch")
 
@@ -52,6 +59,12 @@ RETRY_FIRST = timedelta(seconds=5)
 RETRY_MAX = timedelta(minutes=10)
 # An event this old when dispatched is a later try of its delivery (see _deliver).
 REDELIVERY_AGE = timedelta(seconds=5)
+# Run rows are stamped by whichever process writes them first (API or worker): a run this
+# event started may carry a start time a little before the event's receipt on another clock.
+CLOCK_SLACK = timedelta(minutes=1)
+# A run began after the event arrived, Temporal no longer knows what started it (past the
+# namespace's retention) and its row does not say: it may be this event's, so not again.
+STARTED_SINCE = "started_since"
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -71,26 +84,30 @@ async def _together(calls: Iterable[Coroutine[Any, Any, None]]) -> None:
         raise failed.exceptions[0] from None
 
 
-def unreachable(exc: BaseException) -> bool:
-    """Temporal did not take the call (down, restarting, network): worth trying later."""
-    if isinstance(exc, RPCError | TimeoutError):
-        return True
-    # A lazily connected client that has never reached the server raises this.
-    return isinstance(exc, RuntimeError) and "client connect" in str(exc)
-
-
 @dataclass
 class Reach:
-    """What one event did: journeys started, runs signalled, entries refused (keys only)."""
+    """What one event did, over all its tries: journeys started, runs signalled, entries
+    refused by the rules, calls Temporal refused for good (keys and reason codes only)."""
 
     started: list[str] = field(default_factory=list)
     signalled: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)  # journeys Temporal did not take yet
+    refused: dict[str, str] = field(default_factory=dict)  # journey -> reason code; final
+
+    def settled(self) -> set[str]:
+        """Journeys this event is done with: a later try leaves them alone."""
+        return {*self.started, *self.signalled, *self.skipped, *self.refused}
+
+    @property
+    def outcome(self) -> str:
+        if self.failed:
+            return "pending"
+        return "failed" if self.refused else "delivered"
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "dispatch": "pending" if self.failed else "delivered",
+            "dispatch": self.outcome,
             "started": len(self.started),
             "signalled": len(self.signalled),
             "journeys": (
@@ -100,6 +117,10 @@ class Reach:
                     {"journey": k, "action": "skipped", "reason": r}
                     for k, r in sorted(self.skipped.items())
                 ]
+                + [
+                    {"journey": k, "action": "failed", "reason": r}
+                    for k, r in sorted(self.refused.items())
+                ]
                 + [{"journey": k, "action": "pending"} for k in sorted(set(self.failed))]
             ),
         }
@@ -107,12 +128,19 @@ class Reach:
 
     @classmethod
     def resumed(cls, prior_result: dict[str, Any] | None) -> Reach:
-        """What an earlier, partly failed delivery already did: its starts."""
-        prior = prior_result or {}
-        started = [
-            str(j["journey"]) for j in prior.get("journeys", []) if j.get("action") == "started"
-        ]
-        return cls(started=started)
+        """What earlier, partly failed tries already did (everything but `pending`)."""
+        reach = cls()
+        for j in (prior_result or {}).get("journeys", []):
+            key, action = str(j.get("journey")), j.get("action")
+            if action == "started":
+                reach.started.append(key)
+            elif action == "signalled":
+                reach.signalled.append(key)
+            elif action == "skipped":
+                reach.skipped[key] = str(j.get("reason") or "")
+            elif action == "failed":
+                reach.refused[key] = str(j.get("reason") or "")
+        return reach
 
 
 @dataclass
@@ -139,6 +167,96 @@ class _Closed:
 class _Writes:
     runs: list[dict[str, Any]] = field(default_factory=list)
     closed: list[_Closed] = field(default_factory=list)
+    triggers: dict[str, str] = field(default_factory=dict)  # run id -> event id, learnt
+
+
+@dataclass(frozen=True)
+class _Since:
+    """A run of a journey a retried event triggers, begun after (about) its arrival."""
+
+    run_id: str
+    workflow_id: str
+    started_at: datetime
+    trigger_event_id: str | None
+
+
+_UNKNOWN = "?"  # what started the run can no longer be told
+
+
+class _Origins:
+    """Which event started a run: the run row says so when this module wrote it; a row the
+    workflow wrote first (the process died between Temporal's answer and the commit), or
+    one from before the column existed, is answered from the run's input in Temporal."""
+
+    def __init__(self, client: Client, since: dict[tuple[str, str], list[_Since]],
+                 writes: _Writes) -> None:
+        self.client = client
+        self.since = since
+        self.writes = writes
+        self.asked: dict[str, str | None] = {}
+
+    async def started_by(self, ev: Event, key: str) -> str | None:
+        """'started' when ev started a run of journey `key`, _UNKNOWN when a run that
+        began since cannot be told apart from one it started, else None."""
+        unknown = False
+        for run in self.since.get((key, ev.contact_id), ()):
+            if run.started_at < ev.received_at - CLOCK_SLACK:
+                continue
+            trigger = run.trigger_event_id or await self._ask(run)
+            if trigger == ev.id:
+                return "started"
+            unknown = unknown or trigger == _UNKNOWN
+        return _UNKNOWN if unknown else None
+
+    async def _ask(self, run: _Since) -> str | None:
+        if run.run_id not in self.asked:
+            self.asked[run.run_id] = found = await self._input_trigger(run)
+            if found is not None and found != _UNKNOWN:
+                self.writes.triggers[run.run_id] = found
+        return self.asked[run.run_id]
+
+    async def _input_trigger(self, run: _Since) -> str | None:
+        handle = self.client.get_workflow_handle(run.workflow_id, run_id=run.run_id)
+        try:
+            async for first in handle.fetch_history_events(page_size=1):
+                payloads = first.workflow_execution_started_event_attributes.input.payloads
+                decoded = await self.client.data_converter.decode(payloads, [JourneyInput])
+                inp = decoded[0] if decoded else None
+                return inp.trigger_event_id if isinstance(inp, JourneyInput) else _UNKNOWN
+        except RPCError as err:
+            if not run_not_found(err):
+                raise
+        return _UNKNOWN  # past the namespace's retention
+
+
+async def _runs_since(
+    ctx: ServiceContext, wanted: dict[tuple[str, str], datetime]
+) -> dict[tuple[str, str], list[_Since]]:
+    """(journey key, contact id) -> its runs begun since the given time (one query)."""
+    if not wanted:
+        return {}
+    pairs = sorted(wanted)
+    rows = await ctx.session.execute(
+        text(
+            "SELECT r.journey_key, r.contact_id, r.id, r.workflow_id, r.started_at, "
+            "r.trigger_event_id FROM run r JOIN unnest(CAST(:keys AS text[]), "
+            "CAST(:ids AS text[]), CAST(:since AS timestamptz[])) AS w(journey_key, "
+            "contact_id, since) ON r.journey_key = w.journey_key "
+            "AND r.contact_id = w.contact_id AND r.started_at >= w.since "
+            "ORDER BY r.started_at"
+        ),
+        {
+            "keys": [k for k, _ in pairs],
+            "ids": [c for _, c in pairs],
+            "since": [wanted[p] - CLOCK_SLACK for p in pairs],
+        },
+    )
+    out: dict[tuple[str, str], list[_Since]] = defaultdict(list)
+    for r in rows:
+        out[(r.journey_key, r.contact_id)].append(
+            _Since(r.id, r.workflow_id, r.started_at, r.trigger_event_id)
+        )
+    return out
 
 
 def _signal(ev: Event) -> EventSignal:
@@ -195,6 +313,14 @@ async def dispatch_events(ctx: ServiceContext, events: Sequence[Event]) -> list[
         if locked[ev.id].attempts > 0 or ev.received_at < began - REDELIVERY_AGE
     }
     writes = _Writes()
+    # Runs that may be a retried event's own start, lost with its outcome (see _Origins).
+    since: dict[tuple[str, str], datetime] = {}
+    for ev, es in zip(events, triggered, strict=True):
+        if ev.id in again:
+            for e in es:
+                pair = (e.journey_key, ev.contact_id)
+                since[pair] = min(since.get(pair, ev.received_at), ev.received_at)
+    origins = _Origins(client, await _runs_since(ctx, since), writes)
     sem = asyncio.Semaphore(CONCURRENCY)
     task_queue = ctx.settings.temporal_task_queue
 
@@ -204,7 +330,7 @@ async def dispatch_events(ctx: ServiceContext, events: Sequence[Event]) -> list[
             for i in order:
                 await _deliver(
                     client, task_queue, events[i], triggered[i], open_runs, last, reaches[i],
-                    writes, redelivery=events[i].id in again,
+                    writes, origins if events[i].id in again else None,
                 )
 
     await _together(deliver_contact(cid, order) for cid, order in by_contact.items())
@@ -245,27 +371,20 @@ async def _deliver(
     last: dict[tuple[str, str], reentry.LastRun],
     reach: Reach,
     writes: _Writes,
-    *,
-    redelivery: bool = False,
+    origins: _Origins | None = None,
 ) -> None:
     """One event of one contact: starts and signals for different journeys go at once.
-    A call Temporal does not take leaves the journey in reach.failed (tried again later)."""
+    Journeys an earlier try settled are left alone; a call Temporal does not take leaves
+    the journey in reach.failed (tried again later), one it refuses in reach.refused.
+    origins: given on a later try of the event, to find a start whose outcome was lost."""
     cid = ev.contact_id
     sig = _signal(ev)
     now = utcnow()
     by_key = {e.journey_key: e for e in entries}
-    # Journeys an earlier, partly failed delivery of this event started: never again.
-    started_before = set(reach.started)
+    settled = reach.settled()
 
     async def try_start(v: JourneyVersion, prior: reentry.LastRun | None) -> None:
         key = v.journey_key
-        if key in started_before:
-            return
-        if redelivery and prior is not None and prior.started_at >= ev.received_at:
-            # A run that began after this event arrived may be the one it started on an
-            # earlier try whose outcome was never recorded (the process died): at most once.
-            reach.skipped[key] = "started_since"
-            return
         reason = reentry.refusal(by_key[key].reentry, prior, now)
         if reason:
             reach.skipped[key] = reason
@@ -275,8 +394,9 @@ async def _deliver(
         )
         if out.run_id is not None:
             reach.started.append(key)
-            writes.runs.append(run_row(v, cid, out.run_id))
-            open_runs[key] = _Open(out.run_id, run_row(v, cid, out.run_id)["workflow_id"], now)
+            row = {**run_row(v, cid, out.run_id), "trigger_event_id": ev.id}
+            writes.runs.append(row)
+            open_runs[key] = _Open(out.run_id, row["workflow_id"], now)
         elif out.signalled:
             reach.signalled.append(key)
         else:
@@ -294,21 +414,36 @@ async def _deliver(
             prior = reentry.LastRun(run.run_id, closed.status, run.started_at, closed.ended_at)
             await try_start(entry.version, prior)
 
-    async def guarded(key: str, call: Awaitable[None]) -> None:
-        try:
-            await call
-        except Exception as exc:
-            if not unreachable(exc):
-                raise
-            reach.failed.append(key)
+    async def one(key: str) -> None:
+        if origins is not None and key in by_key:
+            # A try whose outcome was lost may have started this journey already.
+            mine = await origins.started_by(ev, key)
+            if mine == "started":
+                reach.started.append(key)
+                return
+            if mine == _UNKNOWN:
+                reach.skipped[key] = STARTED_SINCE
+                return
+        run = open_runs.get(key)
+        if run is not None:
+            await signal_open(key, run)
+        else:
+            await try_start(by_key[key].version, last.get((key, cid)))
 
-    calls = [guarded(key, signal_open(key, run)) for key, run in list(open_runs.items())]
-    calls += [
-        guarded(e.journey_key, try_start(e.version, last.get((e.journey_key, cid))))
-        for e in entries
-        if e.journey_key not in open_runs
-    ]
-    await _together(calls)
+    async def guarded(key: str) -> None:
+        try:
+            await one(key)
+        except Exception as exc:
+            if transient(exc):
+                reach.failed.append(key)
+            elif isinstance(exc, RPCError):
+                reach.refused[key] = refusal_code(exc)
+            else:
+                raise
+
+    keys = [k for k in open_runs if k not in settled]
+    keys += [k for k in by_key if k not in open_runs and k not in settled]
+    await _together(guarded(key) for key in keys)
 
 
 async def _signal_run(client: Client, run: _Open, sig: EventSignal) -> _Closed | None:
@@ -318,12 +453,12 @@ async def _signal_run(client: Client, run: _Open, sig: EventSignal) -> _Closed |
         await handle.signal("event", sig)
         return None
     except RPCError as err:
-        if err.status != RPCStatusCode.NOT_FOUND:
+        if not run_not_found(err):  # (a namespace not found is no closed run)
             raise
     try:
         desc = await handle.describe()
     except RPCError as err:
-        if err.status != RPCStatusCode.NOT_FOUND:
+        if not run_not_found(err):
             raise
         # Gone from Temporal altogether (past the namespace's retention).
         return _Closed(run.run_id, "exited", "not_found", utcnow())
@@ -382,10 +517,39 @@ async def _record(
     if pending:
         log.warning("%d of %d events not delivered (Temporal unreachable); retried later",
                     pending, len(events))
-    await insert_runs(ctx, writes.runs, commit=False)
+    for ev, reach in zip(events, reaches, strict=True):
+        if reach.refused:  # ids and status codes only
+            log.error(
+                "event %s: Temporal refused delivery to %s; not retried",
+                ev.id,
+                ", ".join(f"{k} ({r})" for k, r in sorted(reach.refused.items())),
+            )
+    await _insert_runs(ctx, writes)
     await s.commit()
     # Segments on {"journey": KEY} see the contacts that just entered.
     await contacts_changed(
         ctx,
         [(r["contact_id"], f"journey:{r['journey_key']}") for r in writes.runs],
     )
+
+
+async def _insert_runs(ctx: ServiceContext, writes: _Writes) -> None:
+    """Run rows of the runs started, with their trigger event (the workflow's own first
+    record may have written the row already: the trigger is added to it), and triggers
+    learnt from Temporal for rows that lacked them."""
+    if writes.runs:
+        stmt = insert(Run).values(writes.runs)
+        await ctx.session.exec(  # type: ignore[call-overload]
+            stmt.on_conflict_do_update(
+                index_elements=["id"],
+                set_={"trigger_event_id": stmt.excluded.trigger_event_id},
+            )
+        )
+    if writes.triggers:
+        await ctx.session.execute(
+            text(
+                "UPDATE run SET trigger_event_id = :event WHERE id = :id "
+                "AND trigger_event_id IS NULL"
+            ),
+            [{"id": rid, "event": ev_id} for rid, ev_id in writes.triggers.items()],
+        )

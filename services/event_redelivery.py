@@ -59,6 +59,7 @@ class SweepResult:
     delivered: int = 0
     pending: int = 0  # tried, Temporal still did not take them (backoff set)
     abandoned: int = 0
+    failed: int = 0  # Temporal refused them for good (recorded per journey; not retried)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -69,7 +70,8 @@ async def abandon_stale(ctx: ServiceContext, now: datetime) -> int:
     res = await ctx.session.execute(
         text(
             "UPDATE event SET dispatched_at = :now, "
-            "dispatch_result = CAST(:result AS jsonb) "
+            # What earlier tries did stays on the row; only the outcome changes.
+            "dispatch_result = coalesce(dispatch_result, '{}'::jsonb) || CAST(:result AS jsonb) "
             "WHERE dispatched_at IS NULL AND received_at < :cutoff"
         ),
         {"now": now, "cutoff": now - MAX_AGE, "result": '{"dispatch": "abandoned"}'},
@@ -115,6 +117,8 @@ async def redeliver_batch(ctx: ServiceContext, now: datetime, limit: int = BATCH
     for out in outcomes:
         if out.get("dispatch") == "pending":
             result.pending += 1
+        elif out.get("dispatch") == "failed":
+            result.failed += 1
         else:
             result.delivered += 1
     return result
@@ -166,12 +170,14 @@ async def redeliver_due(
         got = await redeliver_batch(ctx, now)
         total.delivered += got.delivered
         total.pending += got.pending
+        total.failed += got.failed
         if progress is not None:
             progress(total.delivered)
-        if got.delivered + got.pending < BATCH or got.pending:
+        if got.delivered + got.pending + got.failed < BATCH or got.pending:
             break
-    if total.delivered or total.pending:
-        log.info("redelivery: %d delivered, %d still pending", total.delivered, total.pending)
+    if total.delivered or total.pending or total.failed:
+        log.info("redelivery: %d delivered, %d still pending, %d refused by Temporal",
+                 total.delivered, total.pending, total.failed)
     return total
 
 

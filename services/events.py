@@ -5,7 +5,10 @@ reaches every journey it triggers and every run waiting for it or exiting on it.
 
 Storing is what the caller is told about: an event Temporal did not take (unreachable,
 restarting) is kept with `dispatch: pending` and delivered by the redelivery sweep
-(services.event_redelivery) once Temporal is back, once per run.
+(services.event_redelivery) once Temporal is back, once per run; one Temporal refused for
+good (services.temporal_errors) is kept with `dispatch: failed` and each journey's reason.
+A delivery that fails in any other way leaves the stored event pending for the sweep
+(never a 500 for an event that is stored).
 """
 
 from __future__ import annotations
@@ -242,7 +245,15 @@ async def ingest_many(
     from services.dispatch import dispatch_events
 
     # Temporal not answering leaves events pending (the sweep delivers them), not an error.
-    delivered = await dispatch_events(ctx, list(todo.values()))
+    try:
+        delivered = await dispatch_events(ctx, list(todo.values()))
+    except Exception as exc:
+        # Stored, and nothing of this try was recorded (one transaction): the sweep tries
+        # again with backoff, one event at a time. Type only: no data in logs.
+        await ctx.session.rollback()
+        log.error("dispatch of %d stored events failed (%s); the redelivery sweep retries",
+                  len(todo), type(exc).__name__)
+        delivered = [{"dispatch": "pending"} for _ in todo]
     outcomes = dict(zip(todo, delivered, strict=True))
     results: list[dict[str, Any]] = []
     for ev, new in stored:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 17:34:55.420669
+Create Date: 2026-11-22 20:10:15.453976
 """
 from collections.abc import Sequence
 
@@ -191,6 +191,7 @@ def upgrade() -> None:
     sa.Column('goal_reached_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('ended_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('trigger_event_id', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index(op.f('ix_run_contact_id'), 'run', ['contact_id'], unique=False)

@@ -244,62 +244,6 @@ async def test_schedule_runs_the_sweep_every_minute(
         await handle.delete()
 
 
-async def test_a_retry_never_starts_a_journey_a_second_time(
-    api: httpx.AsyncClient, db: Database, settings: Settings, temporal: Client
-) -> None:
-    """Starts are not idempotent across closed runs (reentry `always`), so a retry skips
-    the journeys an earlier try recorded as started, and, when that try's outcome was
-    never recorded (the process died), a journey whose newest run began after the event
-    arrived."""
-    t = tag()
-    name = f"visit_{t}"
-    starter = await published(
-        api,
-        definition(f"trig-{t}", {"type": "event", "event": name}, reentry={"mode": "always"},
-                   hold=False),
-    )
-    cid = await contact(api)
-    async with db.session() as s:
-        ctx = ServiceContext(s, settings)  # no Temporal: stored, undelivered
-        recorded = (await store_event(ctx, cid, name))[0].id
-        lost = (await store_event(ctx, cid, name))[0].id
-        table = Event.__table__  # type: ignore[attr-defined]
-        past = utcnow() - timedelta(seconds=30)
-        # `recorded`: an earlier try started the journey and said so, then failed elsewhere.
-        await s.exec(  # type: ignore[call-overload]
-            table.update().where(table.c.id == recorded).values(
-                received_at=past, dispatch_attempts=1, dispatch_due_at=past,
-                dispatch_result={"dispatch": "pending",
-                                 "journeys": [{"journey": starter, "action": "started"}]},
-            )
-        )
-        # `lost`: received, then (below) a run of the journey began; no outcome recorded.
-        await s.exec(  # type: ignore[call-overload]
-            table.update().where(table.c.id == lost).values(received_at=past)
-        )
-        await s.commit()
-
-    r = await api.post("/v1/events", json={"contact": {"id": cid}, "event": name})
-    assert r.status_code == 200 and r.json()["started"] == 1
-
-    async def ended() -> bool:
-        runs = await _runs(db, starter, cid)
-        return len(runs) == 1 and runs[0].status != "running"
-
-    await eventually(ended, timeout=20)
-    async with db.session() as s:
-        await redeliver_due(ServiceContext(s, settings, temporal))
-    first, second = await _event(db, recorded), await _event(db, lost)
-    assert first.dispatched_at is not None and second.dispatched_at is not None
-    assert first.dispatch_result is not None and first.dispatch_result["journeys"] == [
-        {"journey": starter, "action": "started"}
-    ]
-    assert second.dispatch_result is not None and second.dispatch_result["journeys"] == [
-        {"journey": starter, "action": "skipped", "reason": "started_since"}
-    ]
-    assert len(await _runs(db, starter, cid)) == 1
-
-
 async def test_an_event_that_fails_to_deliver_does_not_hold_back_the_others(
     api: httpx.AsyncClient,
     db: Database,

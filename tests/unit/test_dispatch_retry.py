@@ -1,13 +1,22 @@
-"""Pure parts of durable event delivery: the backoff, what counts as 'Temporal did not take
-it', and how a partly failed delivery is carried into the next try."""
+"""Pure parts of durable event delivery: the backoff, which Temporal failures are worth a
+retry, and how what earlier tries did is carried into the next try."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from temporalio.api.common.v1 import GrpcStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from services.dispatch import RETRY_MAX, Reach, retry_delay, unreachable
+from services.dispatch import RETRY_MAX, Reach, retry_delay
+from services.temporal_errors import permanent, refusal_code, run_not_found, transient
+
+
+def _rpc(status: RPCStatusCode, detail: str = "") -> RPCError:
+    grpc = GrpcStatus(code=int(status), message="m")
+    if detail:
+        grpc.details.add(type_url=f"type.googleapis.com/temporal.api.errordetails.v1.{detail}")
+    return RPCError("m", status, grpc.SerializeToString())
 
 
 def test_backoff_doubles_from_five_seconds_to_ten_minutes() -> None:
@@ -16,24 +25,59 @@ def test_backoff_doubles_from_five_seconds_to_ten_minutes() -> None:
     assert retry_delay(10_000) == RETRY_MAX  # no overflow however often it failed
 
 
-def test_unreachable_is_about_transport_not_bugs() -> None:
-    assert unreachable(RPCError("gone", RPCStatusCode.UNAVAILABLE, b""))
-    assert unreachable(TimeoutError())
-    assert unreachable(RuntimeError("Failed client connect: Server connection error"))
-    assert not unreachable(RuntimeError("something else"))
-    assert not unreachable(ValueError("bad input"))
+def test_transient_is_about_transport_and_load_not_bugs() -> None:
+    for status in (
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+        RPCStatusCode.ABORTED,
+    ):
+        assert transient(_rpc(status)) and not permanent(_rpc(status))
+    assert transient(TimeoutError())
+    assert transient(ConnectionResetError())
+    assert transient(RuntimeError("Failed client connect: Server connection error"))
+    assert not transient(RuntimeError("something else"))
+    assert not transient(ValueError("bad input"))
 
 
-def test_a_partly_failed_delivery_reports_pending_and_keeps_its_starts() -> None:
-    reach = Reach(started=["a"], signalled=["b"], failed=["c", "c"])
+def test_configuration_and_data_problems_are_permanent_with_a_reason_code() -> None:
+    for status in (
+        RPCStatusCode.INVALID_ARGUMENT,
+        RPCStatusCode.PERMISSION_DENIED,
+        RPCStatusCode.UNAUTHENTICATED,
+        RPCStatusCode.FAILED_PRECONDITION,
+        RPCStatusCode.UNIMPLEMENTED,
+    ):
+        err = _rpc(status)
+        assert not transient(err) and permanent(err)
+        assert refusal_code(err) == f"temporal_{status.name.lower()}"
+    missing_ns = _rpc(RPCStatusCode.NOT_FOUND, "NamespaceNotFoundFailure")
+    assert permanent(missing_ns) and not run_not_found(missing_ns)
+    assert refusal_code(missing_ns) == "temporal_namespace_not_found"
+    # A workflow not found is an answer (the run closed), not a failure.
+    gone = _rpc(RPCStatusCode.NOT_FOUND, "NotFoundFailure")
+    assert run_not_found(gone) and not permanent(gone) and not transient(gone)
+
+
+def test_a_partly_failed_delivery_reports_pending_and_keeps_everything_it_did() -> None:
+    reach = Reach(
+        started=["a"], signalled=["b"], failed=["c", "c"], skipped={"d": "reentry_never"},
+        refused={"e": "temporal_permission_denied"},
+    )
     out = reach.as_dict()
     assert out["dispatch"] == "pending"
     assert out["journeys"] == [
         {"journey": "a", "action": "started"},
         {"journey": "b", "action": "signalled"},
+        {"journey": "d", "action": "skipped", "reason": "reentry_never"},
+        {"journey": "e", "action": "failed", "reason": "temporal_permission_denied"},
         {"journey": "c", "action": "pending"},
     ]
     again = Reach.resumed(out)
-    assert again.started == ["a"] and again.signalled == [] and again.failed == []
+    assert again.started == ["a"] and again.signalled == ["b"] and again.failed == []
+    assert again.skipped == {"d": "reentry_never"}
+    assert again.refused == {"e": "temporal_permission_denied"}
+    assert again.settled() == {"a", "b", "d", "e"}  # only `c` is tried again
+    assert again.as_dict()["dispatch"] == "failed"  # nothing pending; a refusal stands
     assert Reach().as_dict()["dispatch"] == "delivered"
-    assert Reach.resumed(None).started == []
+    assert Reach.resumed(None).settled() == set()
