@@ -278,7 +278,8 @@ class TrackingEvent(SQLModel, table=True):
     first_verdict: str | None = None
     first_reason: str | None = None
     judged_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    # What became of the engagement signal of a human event: sent | run_ended | no_run.
+    # What became of the engagement signal of a human event: sent | run_ended | no_run |
+    # refused:<reason> (Temporal refused it for good).
     signal_result: str | None = None
     signalled_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, func, text, update
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from core.models import (
     Contact,
@@ -43,6 +43,7 @@ from core.models import (
 from services import audit
 from services.context import ServiceContext
 from services.errors import NotFound
+from services.temporal_errors import run_not_found
 from services.tracking import forget_all_links
 from services.tracking_buffer import HITS_LOCK
 
@@ -179,7 +180,7 @@ async def _exit_runs(ctx: ServiceContext, contact_id: str, result: ErasureResult
             await client.get_workflow_handle(wid).signal("exit", EXIT_REASON)
             result.runs_signalled += 1
         except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: it ended meanwhile
+            if not run_not_found(exc):  # it ended meanwhile (not: the namespace is missing)
                 result.runs_not_signalled.append(wid)
                 log.warning("could not signal exit to %s (%s)", wid, exc.status.name)
 

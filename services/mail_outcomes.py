@@ -19,6 +19,7 @@ from core.models import Event, JourneyVersion, Run
 from services.context import ServiceContext
 from services.events import dispatch, store_event
 from services.suppressions import suppress
+from services.temporal_errors import run_not_found
 
 log = logging.getLogger("journeys.mail")
 
@@ -106,6 +107,10 @@ async def exit_runs(
         try:
             await ctx.temporal.get_workflow_handle(workflow_id).signal("exit", reason)
             signalled += 1
-        except RPCError:
-            pass  # already finished: nothing left to stop
+        except RPCError as exc:
+            if not run_not_found(exc):
+                # Not an ended run: Temporal unreachable or refusing (the suppression
+                # stands and sends check it; the run itself goes on). Opaque ids only.
+                log.warning("could not signal exit to %s (%s)", workflow_id, exc.status.name)
+            # else: already finished, nothing left to stop
     return signalled

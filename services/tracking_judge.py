@@ -51,7 +51,7 @@ from sqlalchemy import func, text
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from classifier import Classifier, TrackingEvidence, Verdict
 from classifier.classifier import DEFAULT_HORIZON
@@ -63,6 +63,7 @@ from services.network_list import ActiveList, NetworkListCache
 from services.report_rollup import ids as rollup_ids
 from services.report_rollup import rollup_tracking
 from services.segment_membership import on_contacts_changed
+from services.temporal_errors import refusal_code, run_not_found, transient
 from services.tracking_buffer import NOTIFY_CHANNEL, libpq_url
 from workflows.types import EngagementSignal
 
@@ -78,6 +79,8 @@ LISTENER_NAME = "journeys-judge"  # + "-<pid>": the listener in pg_stat_activity
 SIGNAL_SENT = "sent"
 SIGNAL_RUN_ENDED = "run_ended"  # the run that sent the message is no longer running
 SIGNAL_NO_RUN = "no_run"  # the message was not sent by a run (or its run row is gone)
+# Temporal refused the signal for good (services.temporal_errors): "refused:<reason code>".
+SIGNAL_REFUSED = "refused"
 SIGNAL_RPC_TIMEOUT = timedelta(seconds=5)
 
 # Reason stored when the classifier itself failed on an event (a bug, never evidence).
@@ -737,10 +740,15 @@ class TrackingJudge:
                 ENGAGEMENT_SIGNAL, payload, rpc_timeout=SIGNAL_RPC_TIMEOUT
             )
         except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
+            if run_not_found(exc):  # (a namespace not found is no ended run)
                 return SIGNAL_RUN_ENDED
-            log.warning("engagement signal not delivered (%s); will retry", exc.status.name)
-            return None
+            if transient(exc):
+                log.warning("engagement signal not delivered (%s); will retry", exc.status.name)
+                return None
+            # A configuration or data problem: retrying for ever would not cure it.
+            log.error("engagement signal %s refused by Temporal (%s); not retried",
+                      event.id, refusal_code(exc))
+            return f"{SIGNAL_REFUSED}:{refusal_code(exc)}"
         return SIGNAL_SENT
 
 

@@ -1,0 +1,71 @@
+"""Temporal refusing a call for good (here: the namespace does not exist) is neither taken
+for a run that ended nor retried for ever, outside event dispatch too: the tracking
+judge's engagement signal and erasure's exit signal."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest_asyncio
+from temporalio.client import Client
+
+from core.codec import data_converter
+from core.config import Settings
+from core.db import Database
+from core.models import Run, Send, TrackingEvent, utcnow
+from core.temporal import keyring
+from services.context import ServiceContext
+from services.erasure import ErasureResult, _exit_runs
+from services.tracking_judge import SIGNAL_RUN_ENDED, TrackingJudge
+from tests.helpers import eventually
+from tests.integration.entry_support import contact, definition, published, tag
+from tests.integration.test_event_redelivery import _runs
+from workflows.journey import workflow_id
+
+
+@pytest_asyncio.fixture
+async def wrong_namespace(settings: Settings, temporal: Client) -> AsyncIterator[Client]:
+    yield await Client.connect(
+        temporal.service_client.config.target_host,
+        namespace=f"missing-{uuid.uuid4().hex[:8]}",
+        data_converter=data_converter(keyring(settings)),
+    )
+
+
+async def _running_run(api: httpx.AsyncClient, db: Database) -> Run:
+    t = tag()
+    key = await published(api, definition(f"hold-{t}"))
+    cid = await contact(api)
+    r = await api.post(f"/v1/journeys/{key}/enrollments", json={"contact_ids": [cid]})
+    assert r.json()["enrolled"] == 1
+    runs = await eventually(lambda: _runs(db, key, cid), timeout=20)
+    assert runs[0].workflow_id == workflow_id(key, cid) and runs[0].status == "running"
+    return runs[0]
+
+
+async def test_judge_records_a_refused_engagement_signal_instead_of_a_run_ended(
+    api: httpx.AsyncClient, db: Database, settings: Settings, temporal: Client,
+    wrong_namespace: Client,
+) -> None:
+    run = await _running_run(api, db)
+    send = Send(id=f"s_{tag()}", run_id=run.id, step="hold")
+    hit = TrackingEvent(id=f"te_{tag()}", send_id=send.id, kind="open", at=utcnow())
+    judge = TrackingJudge(db, settings, wrong_namespace, listen=False)
+    assert await judge._signal(hit, send, run) == "refused:temporal_namespace_not_found"
+    # The real namespace still tells an ended run apart.
+    ended = Run(**{**run.model_dump(), "workflow_id": f"journey/none/{tag()}"})
+    assert await TrackingJudge(db, settings, temporal, listen=False)._signal(
+        hit, send, ended
+    ) == SIGNAL_RUN_ENDED
+
+
+async def test_erasure_reports_runs_it_could_not_stop_when_the_namespace_is_missing(
+    api: httpx.AsyncClient, db: Database, settings: Settings, wrong_namespace: Client
+) -> None:
+    run = await _running_run(api, db)
+    result = ErasureResult(run.contact_id)
+    async with db.session() as s:
+        await _exit_runs(ServiceContext(s, settings, wrong_namespace), run.contact_id, result)
+    assert result.runs_signalled == 0 and result.runs_not_signalled == [run.workflow_id]
