@@ -38,6 +38,7 @@ from typing import Any
 from sqlalchemy import text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
@@ -48,6 +49,7 @@ from services.enrollment import run_row, start
 from services.entry_hooks import contacts_changed
 from services.temporal_errors import refusal_code, run_not_found, transient
 from services.triggers import Entry, trigger_index
+from workflows.journey import workflow_id
 from workflows.types import EventSignal, JourneyInput
 
 log = logging.getLogger("journeys.dispatch")
@@ -181,6 +183,10 @@ class _Since:
 
 
 _UNKNOWN = "?"  # what started the run can no longer be told
+MAX_CHAIN = 50  # continue-as-new runs of one chain read at most (each ~2,000 events)
+# A run that was running when the event arrived has closed since, and Temporal no longer
+# has its history to tell whether a try whose outcome was lost reached it: no new entry.
+CLOSED_SINCE = "closed_since"
 
 
 class _Origins:
@@ -188,8 +194,9 @@ class _Origins:
     workflow wrote first (the process died between Temporal's answer and the commit), or
     one from before the column existed, is answered from the run's input in Temporal."""
 
-    def __init__(self, client: Client, since: dict[tuple[str, str], list[_Since]],
-                 writes: _Writes) -> None:
+    def __init__(
+        self, client: Client, since: dict[tuple[str, str], list[_Since]], writes: _Writes
+    ) -> None:
         self.client = client
         self.since = since
         self.writes = writes
@@ -207,6 +214,40 @@ class _Origins:
                 return "started"
             unknown = unknown or trigger == _UNKNOWN
         return _UNKNOWN if unknown else None
+
+    async def heard(self, ev: Event, run: reentry.LastRun, wid: str) -> bool | None:
+        """Did this run (running when ev arrived, closed since) get ev on a try whose
+        outcome was lost? From its history (every run of its continue-as-new chain);
+        None when Temporal no longer has it."""
+        if run.started_at > ev.received_at + CLOCK_SLACK:
+            return False  # began after the event arrived: no earlier try reached it
+        if run.ended_at is not None and run.ended_at < ev.received_at - CLOCK_SLACK:
+            return False  # had ended before the event arrived
+        run_id: str | None = run.run_id
+        try:
+            for _ in range(MAX_CHAIN):
+                if run_id is None:
+                    return False
+                handle = self.client.get_workflow_handle(wid, run_id=run_id)
+                run_id = None
+                async for e in handle.fetch_history_events():
+                    if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+                        attrs = e.workflow_execution_signaled_event_attributes
+                        if attrs.signal_name != "event":
+                            continue
+                        got = await self.client.data_converter.decode(
+                            attrs.input.payloads, [EventSignal]
+                        )
+                        if got and isinstance(got[0], EventSignal) and got[0].event_id == ev.id:
+                            return True
+                    elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+                        cont = e.workflow_execution_continued_as_new_event_attributes
+                        run_id = cont.new_execution_run_id or None
+        except RPCError as err:
+            if not run_not_found(err):
+                raise
+            return None  # past the namespace's retention
+        return False
 
     async def _ask(self, run: _Since) -> str | None:
         if run.run_id not in self.asked:
@@ -276,9 +317,10 @@ async def dispatch_events(ctx: ServiceContext, events: Sequence[Event]) -> list[
     answers: dict[str, dict[str, Any]] = {
         ev_id: st.result or {} for ev_id, st in locked.items() if st.dispatched
     }
-    all_events, events = events, [
-        ev for ev in events if ev.id in locked and not locked[ev.id].dispatched
-    ]
+    all_events, events = (
+        events,
+        [ev for ev in events if ev.id in locked and not locked[ev.id].dispatched],
+    )
     if not events:
         await ctx.session.commit()  # release the locks
         return [answers.get(ev.id, {"dispatch": "pending"}) for ev in all_events]
@@ -329,8 +371,15 @@ async def dispatch_events(ctx: ServiceContext, events: Sequence[Event]) -> list[
             open_runs = running.get(cid, {})
             for i in order:
                 await _deliver(
-                    client, task_queue, events[i], triggered[i], open_runs, last, reaches[i],
-                    writes, origins if events[i].id in again else None,
+                    client,
+                    task_queue,
+                    events[i],
+                    triggered[i],
+                    open_runs,
+                    last,
+                    reaches[i],
+                    writes,
+                    origins if events[i].id in again else None,
                 )
 
     await _together(deliver_contact(cid, order) for cid, order in by_contact.items())
@@ -402,6 +451,21 @@ async def _deliver(
         else:
             reach.skipped[key] = out.reason or reentry.ALREADY_RUNNING
 
+    async def heard_before(key: str, prior: reentry.LastRun | None, wid: str) -> bool:
+        """On a later try: whether the closed run `prior` got this event on a try whose
+        outcome was lost (then the event earns no new entry)."""
+        if origins is None or prior is None or prior.status == "running":
+            return False
+        if reentry.refusal(by_key[key].reentry, prior, now):
+            return False  # no new entry either way (try_start says why)
+        heard = await origins.heard(ev, prior, wid)
+        if heard is None:
+            reach.skipped[key] = CLOSED_SINCE
+            return True
+        if heard:
+            reach.signalled.append(key)
+        return heard
+
     async def signal_open(key: str, run: _Open) -> None:
         closed = await _signal_run(client, run, sig)
         if closed is None:
@@ -412,7 +476,8 @@ async def _deliver(
         entry = by_key.get(key)
         if entry is not None:  # it was blocking a new entry that may now happen
             prior = reentry.LastRun(run.run_id, closed.status, run.started_at, closed.ended_at)
-            await try_start(entry.version, prior)
+            if not await heard_before(key, prior, run.workflow_id):
+                await try_start(entry.version, prior)
 
     async def one(key: str) -> None:
         if origins is not None and key in by_key:
@@ -427,8 +492,10 @@ async def _deliver(
         run = open_runs.get(key)
         if run is not None:
             await signal_open(key, run)
-        else:
-            await try_start(by_key[key].version, last.get((key, cid)))
+            return
+        prior = last.get((key, cid))
+        if not await heard_before(key, prior, workflow_id(key, cid)):
+            await try_start(by_key[key].version, prior)
 
     async def guarded(key: str) -> None:
         try:
@@ -515,8 +582,11 @@ async def _record(
     )
     pending = sum(1 for r in reaches if r.failed)
     if pending:
-        log.warning("%d of %d events not delivered (Temporal unreachable); retried later",
-                    pending, len(events))
+        log.warning(
+            "%d of %d events not delivered (Temporal unreachable); retried later",
+            pending,
+            len(events),
+        )
     for ev, reach in zip(events, reaches, strict=True):
         if reach.refused:  # ids and status codes only
             log.error(

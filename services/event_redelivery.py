@@ -130,9 +130,7 @@ async def _one_by_one(ctx: ServiceContext, event_id: str) -> dict[str, Any]:
     s = ctx.session
     ev = (
         await s.exec(
-            select(Event)
-            .where(col(Event.id) == event_id)
-            .execution_options(populate_existing=True)
+            select(Event).where(col(Event.id) == event_id).execution_options(populate_existing=True)
         )
     ).first()
     if ev is None or ev.dispatched_at is not None:
@@ -149,8 +147,7 @@ async def _one_by_one(ctx: ServiceContext, event_id: str) -> dict[str, Any]:
                 "UPDATE event SET dispatch_attempts = :attempts, dispatch_due_at = :due "
                 "WHERE id = :id AND dispatched_at IS NULL"
             ),
-            {"id": event_id, "attempts": attempts + 1,
-             "due": utcnow() + retry_delay(attempts + 1)},
+            {"id": event_id, "attempts": attempts + 1, "due": utcnow() + retry_delay(attempts + 1)},
         )
         await s.commit()
         return {"dispatch": "pending"}
@@ -176,13 +173,18 @@ async def redeliver_due(
         if got.delivered + got.pending + got.failed < BATCH or got.pending:
             break
     if total.delivered or total.pending or total.failed:
-        log.info("redelivery: %d delivered, %d still pending, %d refused by Temporal",
-                 total.delivered, total.pending, total.failed)
+        log.info(
+            "redelivery: %d delivered, %d still pending, %d refused by Temporal",
+            total.delivered,
+            total.pending,
+            total.failed,
+        )
     return total
 
 
-def redelivery_schedule(task_queue: str, every: timedelta = EVERY,
-                        workflow_id: str = WORKFLOW_ID) -> Schedule:
+def redelivery_schedule(
+    task_queue: str, every: timedelta = EVERY, workflow_id: str = WORKFLOW_ID
+) -> Schedule:
     from workflows.event_redelivery import REDELIVERY_WORKFLOW
 
     return Schedule(

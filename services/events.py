@@ -198,7 +198,13 @@ async def store_events(
         for it, cid in zip(items, contact_ids, strict=True)
     ]
     columns = (
-        "id", "contact_id", "name", "properties", "idempotency_key", "occurred_at", "received_at"
+        "id",
+        "contact_id",
+        "name",
+        "properties",
+        "idempotency_key",
+        "occurred_at",
+        "received_at",
     )
     res = await ctx.session.execute(
         insert(Event)
@@ -210,9 +216,7 @@ async def store_events(
     missing = {ev.idempotency_key for ev in events if ev.id not in inserted}
     first: dict[str | None, Event] = {}
     if missing:
-        rows = await ctx.session.exec(
-            select(Event).where(col(Event.idempotency_key).in_(missing))
-        )
+        rows = await ctx.session.exec(select(Event).where(col(Event.idempotency_key).in_(missing)))
         first = {ev.idempotency_key: ev for ev in rows.all()}
     await ctx.session.commit()
     return [
@@ -251,8 +255,11 @@ async def ingest_many(
         # Stored, and nothing of this try was recorded (one transaction): the sweep tries
         # again with backoff, one event at a time. Type only: no data in logs.
         await ctx.session.rollback()
-        log.error("dispatch of %d stored events failed (%s); the redelivery sweep retries",
-                  len(todo), type(exc).__name__)
+        log.error(
+            "dispatch of %d stored events failed (%s); the redelivery sweep retries",
+            len(todo),
+            type(exc).__name__,
+        )
         delivered = [{"dispatch": "pending"} for _ in todo]
     outcomes = dict(zip(todo, delivered, strict=True))
     results: list[dict[str, Any]] = []

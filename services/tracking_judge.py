@@ -746,8 +746,11 @@ class TrackingJudge:
                 log.warning("engagement signal not delivered (%s); will retry", exc.status.name)
                 return None
             # A configuration or data problem: retrying for ever would not cure it.
-            log.error("engagement signal %s refused by Temporal (%s); not retried",
-                      event.id, refusal_code(exc))
+            log.error(
+                "engagement signal %s refused by Temporal (%s); not retried",
+                event.id,
+                refusal_code(exc),
+            )
             return f"{SIGNAL_REFUSED}:{refusal_code(exc)}"
         return SIGNAL_SENT
 

@@ -23,7 +23,7 @@ from temporalio.client import Client
 from core.codec import data_converter
 from core.config import Settings
 from core.db import Database
-from core.models import Event, utcnow
+from core.models import Event, Run, utcnow
 from core.temporal import keyring
 from services.context import ServiceContext
 from services.enrollment import start
@@ -43,7 +43,8 @@ async def _stored(db: Database, settings: Settings, cid: str, name: str, ago: fl
         ev = (await store_event(ServiceContext(s, settings), cid, name))[0]
         table = Event.__table__  # type: ignore[attr-defined]
         await s.exec(  # type: ignore[call-overload]
-            table.update().where(table.c.id == ev.id)
+            table.update()
+            .where(table.c.id == ev.id)
             .values(received_at=utcnow() - timedelta(seconds=ago))
         )
         await s.commit()
@@ -55,7 +56,9 @@ async def _earlier_try(db: Database, event_id: str, journeys: list[dict[str, Any
     async with db.session() as s:
         table = Event.__table__  # type: ignore[attr-defined]
         await s.exec(  # type: ignore[call-overload]
-            table.update().where(table.c.id == event_id).values(
+            table.update()
+            .where(table.c.id == event_id)
+            .values(
                 dispatch_attempts=1,
                 dispatch_due_at=utcnow() - timedelta(seconds=1),
                 dispatch_result={"dispatch": "pending", "journeys": journeys},
@@ -89,8 +92,9 @@ async def test_a_retry_knows_which_event_started_which_run(
     name = f"visit_{t}"
     starter = await published(
         api,
-        definition(f"trig-{t}", {"type": "event", "event": name}, reentry={"mode": "always"},
-                   hold=False),
+        definition(
+            f"trig-{t}", {"type": "event", "event": name}, reentry={"mode": "always"}, hold=False
+        ),
     )
     cid = await contact(api)
     recorded = await _stored(db, settings, cid, name, 40)
@@ -103,8 +107,13 @@ async def test_a_retry_knows_which_event_started_which_run(
     async with db.session() as s:
         v = await latest_version(ServiceContext(s, settings, temporal), starter)
     ev = await _event(db, crashed)
-    out = await start(temporal, settings.temporal_task_queue, v, cid,
-                      trigger_event=EventSignal(crashed, name, ev.occurred_at))
+    out = await start(
+        temporal,
+        settings.temporal_task_queue,
+        v,
+        cid,
+        trigger_event=EventSignal(crashed, name, ev.occurred_at),
+    )
     assert out.run_id is not None
     await _all_ended(db, starter, cid, 1)
     # Another event starts the journey too (so a run began after `lost` arrived).
@@ -136,8 +145,9 @@ async def test_a_retry_does_not_reach_again_what_an_earlier_try_reached(
     hold = await published(api, definition(f"hold-{t}"))  # manual, waits a day
     trig = await published(
         api,
-        definition(f"trig-{t}", {"type": "event", "event": name}, reentry={"mode": "always"},
-                   hold=False),
+        definition(
+            f"trig-{t}", {"type": "event", "event": name}, reentry={"mode": "always"}, hold=False
+        ),
     )
     cid = await contact(api)
     for key in (reenter, hold):
@@ -155,11 +165,15 @@ async def test_a_retry_does_not_reach_again_what_an_earlier_try_reached(
     sig = EventSignal(event_id, name, ev.occurred_at)
     for key in (reenter, hold):
         await temporal.get_workflow_handle(workflow_id(key, cid)).signal("event", sig)
-    await _earlier_try(db, event_id, [
-        {"journey": reenter, "action": "signalled"},
-        {"journey": hold, "action": "signalled"},
-        {"journey": trig, "action": "pending"},
-    ])
+    await _earlier_try(
+        db,
+        event_id,
+        [
+            {"journey": reenter, "action": "signalled"},
+            {"journey": hold, "action": "signalled"},
+            {"journey": trig, "action": "pending"},
+        ],
+    )
     # Between the tries, the run that was signalled closes (an operator ends it).
     r = await api.post(f"/v1/journeys/{reenter}/runs/{cid}/exit")
     assert r.status_code == 200, r.text
@@ -245,3 +259,42 @@ async def test_a_temporal_refusal_is_recorded_per_journey_and_not_retried(
     )
     assert r.status_code == 202 and r.json()["dispatch"] == "failed"
     assert await _signals(temporal, hold, cid) == []
+
+
+async def test_a_retry_after_a_lost_outcome_does_not_re_enter_a_run_that_heard_the_event(
+    api: httpx.AsyncClient, db: Database, settings: Settings, temporal: Client
+) -> None:
+    """The try that signalled the running run died before recording it; the run closed
+    before the retry. Its history in Temporal shows it heard the event: no new run."""
+    t = tag()
+    name = f"lost_{t}"
+    key = await published(
+        api,
+        definition(f"re-{t}", {"type": "event", "event": name}, reentry={"mode": "always"}),
+    )
+    cid = await contact(api)
+    r = await api.post(f"/v1/journeys/{key}/enrollments", json={"contact_ids": [cid]})
+    assert r.json()["enrolled"] == 1
+    (run,) = await eventually(lambda: _runs(db, key, cid), timeout=20)
+    async with db.session() as s:  # it began well before the event arrived
+        table = Run.__table__  # type: ignore[attr-defined]
+        await s.exec(  # type: ignore[call-overload]
+            table.update()
+            .where(table.c.id == run.id)
+            .values(started_at=utcnow() - timedelta(minutes=5))
+        )
+        await s.commit()
+    event_id = await _stored(db, settings, cid, name, 30)
+    ev = await _event(db, event_id)
+    # The lost try: the signal went out, nothing was recorded.
+    await temporal.get_workflow_handle(workflow_id(key, cid)).signal(
+        "event", EventSignal(event_id, name, ev.occurred_at)
+    )
+    r = await api.post(f"/v1/journeys/{key}/runs/{cid}/exit")
+    assert r.status_code == 200, r.text
+    await _all_ended(db, key, cid, 1)
+
+    await _sweep(db, settings, temporal)
+    assert _journeys(await _event(db, event_id)) == [{"journey": key, "action": "signalled"}]
+    await asyncio.sleep(1)
+    assert len(await _runs(db, key, cid)) == 1

@@ -46,19 +46,34 @@ async def _running_run(api: httpx.AsyncClient, db: Database) -> Run:
 
 
 async def test_judge_records_a_refused_engagement_signal_instead_of_a_run_ended(
-    api: httpx.AsyncClient, db: Database, settings: Settings, temporal: Client,
+    api: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    temporal: Client,
     wrong_namespace: Client,
 ) -> None:
     run = await _running_run(api, db)
-    send = Send(id=f"s_{tag()}", run_id=run.id, step="hold")
+    send = Send(
+        id=f"s_{tag()}",
+        send_key=f"{run.id}/hold/1",
+        run_id=run.id,
+        journey_key=run.journey_key,
+        version=run.version,
+        step="hold",
+        visit=1,
+        contact_id=run.contact_id,
+        template_key="none",
+        message_id=f"<{tag()}@example.org>",
+    )
     hit = TrackingEvent(id=f"te_{tag()}", send_id=send.id, kind="open", at=utcnow())
     judge = TrackingJudge(db, settings, wrong_namespace, listen=False)
     assert await judge._signal(hit, send, run) == "refused:temporal_namespace_not_found"
     # The real namespace still tells an ended run apart.
     ended = Run(**{**run.model_dump(), "workflow_id": f"journey/none/{tag()}"})
-    assert await TrackingJudge(db, settings, temporal, listen=False)._signal(
-        hit, send, ended
-    ) == SIGNAL_RUN_ENDED
+    assert (
+        await TrackingJudge(db, settings, temporal, listen=False)._signal(hit, send, ended)
+        == SIGNAL_RUN_ENDED
+    )
 
 
 async def test_erasure_reports_runs_it_could_not_stop_when_the_namespace_is_missing(

@@ -61,7 +61,10 @@ def test_configuration_and_data_problems_are_permanent_with_a_reason_code() -> N
 
 def test_a_partly_failed_delivery_reports_pending_and_keeps_everything_it_did() -> None:
     reach = Reach(
-        started=["a"], signalled=["b"], failed=["c", "c"], skipped={"d": "reentry_never"},
+        started=["a"],
+        signalled=["b"],
+        failed=["c", "c"],
+        skipped={"d": "reentry_never"},
         refused={"e": "temporal_permission_denied"},
     )
     out = reach.as_dict()
