@@ -33,11 +33,12 @@ from collections import defaultdict
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
@@ -53,6 +54,7 @@ from workflows.journey import workflow_id
 from workflows.types import EventSignal, JourneyInput
 
 log = logging.getLogger("journeys.dispatch")
+_T = TypeVar("_T")
 
 # Contacts whose events are delivered at once (each contact's own events go in order).
 CONCURRENCY = 64
@@ -224,10 +226,11 @@ class _Origins:
         if run.ended_at is not None and run.ended_at < ev.received_at - CLOCK_SLACK:
             return False  # had ended before the event arrived
         run_id: str | None = run.run_id
+        unreadable = False
         try:
             for _ in range(MAX_CHAIN):
                 if run_id is None:
-                    return False
+                    return None if unreadable else False
                 handle = self.client.get_workflow_handle(wid, run_id=run_id)
                 run_id = None
                 async for e in handle.fetch_history_events():
@@ -235,10 +238,10 @@ class _Origins:
                         attrs = e.workflow_execution_signaled_event_attributes
                         if attrs.signal_name != "event":
                             continue
-                        got = await self.client.data_converter.decode(
-                            attrs.input.payloads, [EventSignal]
-                        )
-                        if got and isinstance(got[0], EventSignal) and got[0].event_id == ev.id:
+                        got = await self._decode(attrs.input.payloads, EventSignal)
+                        if got is None:
+                            unreadable = True
+                        elif got.event_id == ev.id:
                             return True
                     elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
                         cont = e.workflow_execution_continued_as_new_event_attributes
@@ -247,7 +250,16 @@ class _Origins:
             if not run_not_found(err):
                 raise
             return None  # past the namespace's retention
-        return False
+        return None  # a chain longer than we read: cannot tell
+
+    async def _decode(self, payloads: Sequence[Payload], kind: type[_T]) -> _T | None:
+        """One payload as `kind`; None when it cannot be read (e.g. its codec key is
+        gone): the caller then cannot tell, rather than failing the whole delivery."""
+        try:
+            got = await self.client.data_converter.decode(payloads, [kind])
+        except Exception:
+            return None
+        return got[0] if got and isinstance(got[0], kind) else None
 
     async def _ask(self, run: _Since) -> str | None:
         if run.run_id not in self.asked:
@@ -261,9 +273,8 @@ class _Origins:
         try:
             async for first in handle.fetch_history_events(page_size=1):
                 payloads = first.workflow_execution_started_event_attributes.input.payloads
-                decoded = await self.client.data_converter.decode(payloads, [JourneyInput])
-                inp = decoded[0] if decoded else None
-                return inp.trigger_event_id if isinstance(inp, JourneyInput) else _UNKNOWN
+                inp = await self._decode(payloads, JourneyInput)
+                return inp.trigger_event_id if inp is not None else _UNKNOWN
         except RPCError as err:
             if not run_not_found(err):
                 raise
