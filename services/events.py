@@ -106,12 +106,29 @@ async def dispatch(ctx: ServiceContext, event: Event) -> dict[str, Any]:
     """Reach every journey the stored event starts and every running run of its contact.
     Without a Temporal connection (e.g. a CLI import), or when Temporal does not answer, the
     event stays pending and the redelivery sweep delivers it later."""
-    from services.dispatch import dispatch_events
-
     if ctx.temporal is None:
         log.info("event %s (%s) stored; the redelivery sweep delivers it", event.id, event.name)
         return {"dispatch": "pending", "started": 0, "signalled": 0, "journeys": []}
-    return (await dispatch_events(ctx, [event]))[0]
+    return (await _dispatch_stored(ctx, [event]))[0]
+
+
+async def _dispatch_stored(ctx: ServiceContext, events: Sequence[Event]) -> list[dict[str, Any]]:
+    """dispatch_events for events already stored and committed. A failure other than
+    Temporal's (which dispatch_events records itself) leaves them pending: nothing of the
+    try was recorded (one transaction), the sweep tries again with backoff, one event at a
+    time, and the caller hears `pending` rather than an error for a stored event."""
+    from services.dispatch import dispatch_events
+
+    try:
+        return await dispatch_events(ctx, events)
+    except Exception as exc:
+        await ctx.session.rollback()  # (releases the event rows' locks)
+        log.error(
+            "dispatch of %d stored events failed (%s); the redelivery sweep retries",
+            len(events),
+            type(exc).__name__,  # type only: no data in logs
+        )
+        return [{"dispatch": "pending"} for _ in events]
 
 
 def parse_events(items: Sequence[Any], *, indexed: bool = True) -> list[EventIn]:
@@ -246,21 +263,8 @@ async def ingest_many(
     for ev, new in stored:
         if new or (ev.dispatched_at is None and ev.received_at < due):
             todo.setdefault(ev.id, ev)
-    from services.dispatch import dispatch_events
-
     # Temporal not answering leaves events pending (the sweep delivers them), not an error.
-    try:
-        delivered = await dispatch_events(ctx, list(todo.values()))
-    except Exception as exc:
-        # Stored, and nothing of this try was recorded (one transaction): the sweep tries
-        # again with backoff, one event at a time. Type only: no data in logs.
-        await ctx.session.rollback()
-        log.error(
-            "dispatch of %d stored events failed (%s); the redelivery sweep retries",
-            len(todo),
-            type(exc).__name__,
-        )
-        delivered = [{"dispatch": "pending"} for _ in todo]
+    delivered = await _dispatch_stored(ctx, list(todo.values()))
     outcomes = dict(zip(todo, delivered, strict=True))
     results: list[dict[str, Any]] = []
     for ev, new in stored:

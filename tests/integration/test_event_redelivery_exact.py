@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 from temporalio.client import Client
 
@@ -298,3 +299,40 @@ async def test_a_retry_after_a_lost_outcome_does_not_re_enter_a_run_that_heard_t
     assert _journeys(await _event(db, event_id)) == [{"journey": key, "action": "signalled"}]
     await asyncio.sleep(1)
     assert len(await _runs(db, key, cid)) == 1
+
+
+async def test_a_stored_event_whose_delivery_breaks_is_answered_pending_not_500(
+    api: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    temporal: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import services.dispatch as dispatch
+
+    t = tag()
+    name = f"broken_{t}"
+    key = await published(api, definition(f"trig-{t}", {"type": "event", "event": name}))
+    cid = await contact(api)
+    real = dispatch.dispatch_events
+
+    async def broken(ctx: ServiceContext, events: Any) -> list[dict[str, Any]]:
+        raise ValueError("injected")
+
+    monkeypatch.setattr(dispatch, "dispatch_events", broken)
+    r = await api.post("/v1/events", json={"contact": {"id": cid}, "event": name})
+    assert r.status_code == 202, r.text
+    assert r.json()["dispatch"] == "pending" and r.json()["duplicate"] is False
+    ev = await _event(db, r.json()["id"])
+    assert ev.dispatched_at is None  # stored, left to the sweep
+    monkeypatch.setattr(dispatch, "dispatch_events", real)
+    async with db.session() as s:  # once past the grace, the sweep delivers it
+        table = Event.__table__  # type: ignore[attr-defined]
+        await s.exec(  # type: ignore[call-overload]
+            table.update()
+            .where(table.c.id == ev.id)
+            .values(received_at=utcnow() - timedelta(seconds=30))
+        )
+        await s.commit()
+    await _sweep(db, settings, temporal)
+    assert _journeys(await _event(db, ev.id)) == [{"journey": key, "action": "started"}]
