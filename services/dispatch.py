@@ -19,7 +19,9 @@ what is still missing: journeys an earlier try started, signalled or skipped are
 alone (even when their run closed in between: a delivered event earns no re-entry), and a
 journey this event started on a try whose outcome was never recorded (the process died)
 is found by the run's trigger event (run.trigger_event_id, or the run's input in Temporal)
-and not started again. The sweep tries it again with backoff. A call Temporal refuses for
+and not started again; a closed run that was running when the event arrived is read back
+from its history (did a lost try signal it?) before the event may start a new one. The
+sweep tries it again with backoff. A call Temporal refuses for
 good (a configuration or data problem: services.temporal_errors) is recorded per journey
 as `failed` with a reason code, logged, and not tried again.
 """
