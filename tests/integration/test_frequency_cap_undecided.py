@@ -23,8 +23,7 @@ import activities.lookups
 from core.config import Settings
 from core.db import Database
 from core.models import Consent, Contact, OutboxMessage, Run, Send, StepLog, Template
-from tests.helpers import eventually
-from tests.journey_support import CATEGORY, step_log, tag
+from tests.journey_support import CATEGORY, step_log, tag, until
 from workflows.journey import WORKFLOW_NAME, workflow_id
 from workflows.steps import CAP_ASSUMED_SENT, UNDECIDED_CAP_LOOKS, UNDECIDED_CAP_WAIT
 from workflows.types import JourneyInput
@@ -141,8 +140,7 @@ async def _first_decision(db: Database, handle: WorkflowHandle[Any, Any]) -> Run
             return row
         return None
 
-    run: Run = await eventually(decided, timeout=20)
-    return run
+    return await until(decided)
 
 
 async def _outcome(db: Database, run_id: str) -> list[tuple[str, str | None]]:
@@ -182,7 +180,7 @@ async def test_skip_journey_sends_when_the_send_in_flight_fails(
     async def delivered() -> int | None:
         return await _mails_to(db, p.email) or None
 
-    assert await eventually(delivered) == 1
+    assert await until(delivered) == 1
     logs = await step_log(db, result["run_id"])
     assert _at(logs, "left") - _at(logs, "entered") >= UNDECIDED_CAP_WAIT  # it looked again
 
