@@ -9,10 +9,13 @@ database (tests/conftest.py), dropped at the end.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg
+import pytest
+import pytest_asyncio
 
 from core.config import Settings
 from core.db import Database
@@ -44,3 +47,26 @@ async def own_database(
             await db.dispose()
     finally:
         await _admin(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def own_database_fixtures(prefix: str) -> tuple[Callable[..., Any], ...]:
+    """Fixtures for a test module: `own` (module-scoped: the database, created once) and
+    `judge_db` / `judge_settings` (its Database and Settings). Bind all three in the module:
+    `own, judge_db, judge_settings = own_database_fixtures("judge_x")`."""
+
+    @pytest_asyncio.fixture(scope="module", name="own")
+    async def own(
+        postgres: EmbeddedPostgres, settings: Settings
+    ) -> AsyncIterator[tuple[Database, Settings]]:
+        async with own_database(postgres, settings, prefix) as pair:
+            yield pair
+
+    @pytest.fixture(name="judge_db")
+    def judge_db(own: tuple[Database, Settings]) -> Database:
+        return own[0]
+
+    @pytest.fixture(name="judge_settings")
+    def judge_settings(own: tuple[Database, Settings]) -> Settings:
+        return own[1]
+
+    return own, judge_db, judge_settings

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 import pytest_asyncio
 from sqlalchemy import text
 from temporalio.client import Client
@@ -30,11 +29,10 @@ from core.config import Settings
 from core.db import Database
 from core.models import Run, TrackedLink, TrackingEvent, utcnow
 from devstack.child_env import child_env
-from devstack.postgres import EmbeddedPostgres
 from services.tracking import Hit, record_hit
 from services.tracking_judge import HITS_CHANNEL, LISTENER_NAME, SIGNAL_SENT, TrackingJudge
 from tests.helpers import eventually
-from tests.integration.own_database import own_database
+from tests.integration.own_database import own_database_fixtures
 from tests.integration.tracking_support import (
     CHROME,
     HUMAN_HEADERS,
@@ -52,22 +50,7 @@ LINKS = {
 }
 
 
-@pytest_asyncio.fixture(scope="module")
-async def own(
-    postgres: EmbeddedPostgres, settings: Settings
-) -> AsyncIterator[tuple[Database, Settings]]:
-    async with own_database(postgres, settings, "judge_modes") as pair:
-        yield pair
-
-
-@pytest.fixture
-def judge_db(own: tuple[Database, Settings]) -> Database:
-    return own[0]
-
-
-@pytest.fixture
-def judge_settings(own: tuple[Database, Settings]) -> Settings:
-    return own[1]
+own, judge_db, judge_settings = own_database_fixtures("judge_modes")
 
 
 @pytest_asyncio.fixture(scope="module")

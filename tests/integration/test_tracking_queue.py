@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from core.config import Settings
 from core.db import Database
 from core.models import TrackedLink, utcnow
-from devstack.postgres import EmbeddedPostgres
 from services.tracking import Hit, record_hit
 from services.tracking_judge import TrackingJudge
-from tests.integration.own_database import own_database
+from tests.integration.own_database import own_database_fixtures
 from tests.integration.tracking_support import (
     CHROME,
     HOME_IP,
@@ -40,22 +37,7 @@ LINKS = {
 }
 
 
-@pytest_asyncio.fixture(scope="module")
-async def own(
-    postgres: EmbeddedPostgres, settings: Settings
-) -> AsyncIterator[tuple[Database, Settings]]:
-    async with own_database(postgres, settings, "judge_queue") as pair:
-        yield pair
-
-
-@pytest.fixture
-def judge_db(own: tuple[Database, Settings]) -> Database:
-    return own[0]
-
-
-@pytest.fixture
-def judge_settings(own: tuple[Database, Settings]) -> Settings:
-    return own[1]
+own, judge_db, judge_settings = own_database_fixtures("judge_queue")
 
 
 def _hit(ip: str, seconds: float, sent: Message, ua: str = CHROME) -> Hit:
