@@ -161,17 +161,28 @@ def _at(logs: list[StepLog], action: str) -> Any:
     return next(r.at for r in logs if r.step == "promo" and r.action == action)
 
 
-async def test_skip_journey_sends_when_the_send_in_flight_fails(
-    time_skipping: WorkflowEnvironment, settings: Settings, db: Database
-) -> None:
+async def _undecided_then(
+    env: WorkflowEnvironment, settings: Settings, db: Database, action: str, status: str
+) -> tuple[Patient, dict[str, Any], list[StepLog]]:
+    """A run whose first cap decision is undecided (another journey's send in flight); that
+    send then settles as `status` while the run waits to look again. The run's result and
+    records."""
     p = await _patient(db)
-    other = await _send_in_flight(time_skipping, db, p)
-    handle = await _start(time_skipping, settings, p, "skip")
+    other = await _send_in_flight(env, db, p)
+    handle = await _start(env, settings, p, action)
     run = await _first_decision(db, handle)
     waiting = run.waiting_for or {}
     assert (waiting.get("kind"), waiting.get("undecided")) == ("frequency_cap", True), waiting
-    await _settle(time_skipping, db, other, "failed")  # e.g. the relay refused it for good
+    await _settle(env, db, other, status)
     result = await handle.result()
+    return p, result, await step_log(db, result["run_id"])
+
+
+async def test_skip_journey_sends_when_the_send_in_flight_fails(
+    time_skipping: WorkflowEnvironment, settings: Settings, db: Database
+) -> None:
+    # "failed": e.g. the relay refused it for good.
+    p, result, logs = await _undecided_then(time_skipping, settings, db, "skip", "failed")
     assert result["status"] == "completed"
     assert ("skipped", "frequency_cap") not in await _outcome(db, result["run_id"])
     mine = await _own_send(db, result["run_id"])
@@ -181,21 +192,13 @@ async def test_skip_journey_sends_when_the_send_in_flight_fails(
         return await _mails_to(db, p.email) or None
 
     assert await until(delivered) == 1
-    logs = await step_log(db, result["run_id"])
     assert _at(logs, "left") - _at(logs, "entered") >= UNDECIDED_CAP_WAIT  # it looked again
 
 
 async def test_skip_journey_skips_when_the_send_in_flight_goes_out(
     time_skipping: WorkflowEnvironment, settings: Settings, db: Database
 ) -> None:
-    p = await _patient(db)
-    other = await _send_in_flight(time_skipping, db, p)
-    handle = await _start(time_skipping, settings, p, "skip")
-    run = await _first_decision(db, handle)
-    assert (run.waiting_for or {}).get("undecided") is True
-    await _settle(time_skipping, db, other, "sent")
-    result = await handle.result()
-    logs = await step_log(db, result["run_id"])
+    _, result, logs = await _undecided_then(time_skipping, settings, db, "skip", "sent")
     assert ("skipped", "frequency_cap") in await _outcome(db, result["run_id"])
     assert _at(logs, "skipped") - _at(logs, "entered") >= UNDECIDED_CAP_WAIT
     assert await _own_send(db, result["run_id"]) is None
@@ -204,14 +207,7 @@ async def test_skip_journey_skips_when_the_send_in_flight_goes_out(
 async def test_defer_journey_sends_when_the_send_in_flight_fails(
     time_skipping: WorkflowEnvironment, settings: Settings, db: Database
 ) -> None:
-    p = await _patient(db)
-    other = await _send_in_flight(time_skipping, db, p)
-    handle = await _start(time_skipping, settings, p, "defer")
-    run = await _first_decision(db, handle)
-    assert (run.waiting_for or {}).get("undecided") is True
-    await _settle(time_skipping, db, other, "blocked")
-    result = await handle.result()
-    logs = await step_log(db, result["run_id"])
+    _, result, logs = await _undecided_then(time_skipping, settings, db, "defer", "blocked")
     mine = await _own_send(db, result["run_id"])
     assert mine is not None and mine.status == "sent"
     assert ("deferred", CAP_ASSUMED_SENT) not in await _outcome(db, result["run_id"])
