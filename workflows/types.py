@@ -15,7 +15,7 @@ class StepRecord:
     seq: int
     step: str
     visit: int
-    action: str  # entered | left | exited | skipped
+    action: str  # entered | left | exited | skipped | deferred (cap decided on in-flight sends)
     at: datetime
     outcome: str | None = None
 
