@@ -23,7 +23,7 @@ from temporalio.exceptions import ApplicationError
 from activities.sending import cap_lock_key, insert_reservation
 from core.config import Settings
 from core.db import Database
-from core.models import Contact, Event, SegmentMembership, Send, TrackingEvent, utcnow
+from core.models import Contact, Event, SegmentMembership, Send, TrackingEvent
 from dsl.conditions import SnapshotContext, evaluate, matches_where
 from dsl.dates import parse_date_or_datetime
 from dsl.durations import parse_duration
@@ -38,6 +38,9 @@ from dsl.model import (
     SegmentCondition,
 )
 from workflows.types import (
+    CAP_BY_IN_FLIGHT,
+    CAP_BY_SENT,
+    CAP_BY_STALE,
     EngagementQuery,
     FindEventInput,
     JudgeInput,
@@ -225,7 +228,8 @@ class LookupActivities:
         send, its ledger row is reserved before the lock is released, so two runs deciding
         at the same instant cannot both pass. When only in-flight sends would reach the
         cap, it waits (briefly) for them to settle: one that ends blocked or failed does
-        not count."""
+        not count; if they have not settled by then, the result says so (basis
+        CAP_BY_IN_FLIGHT) and next_allowed_at is when the cap frees should they go out."""
         period = parse_duration(inp.period)
         start = (-period).add_to(inp.now)
         at = func.coalesce(Send.sent_at, Send.created_at)
@@ -257,8 +261,8 @@ class LookupActivities:
                 )
                 rows = list((await s.exec(q)).all())
                 # In flight for minutes (e.g. its run was terminated before sending): counted
-                # as sent rather than waited for.
-                stale = utcnow() - IN_FLIGHT_STALE
+                # as sent rather than waited for. On the decision's clock, like the period.
+                stale = inp.now - IN_FLIGHT_STALE
                 settled = sum(
                     1 for at_, status in rows if status in COUNTED_SEND_STATUSES or at_ < stale
                 )
@@ -273,8 +277,13 @@ class LookupActivities:
             await asyncio.sleep(CAP_SETTLE_POLL)
         oldest_to_leave = rows[len(rows) - inp.max_sends][0]
         next_allowed = period.add_to(oldest_to_leave)
+        counted_sent = sum(1 for _, status in rows if status in COUNTED_SEND_STATUSES)
         if settled < inp.max_sends:
-            # Still undecided (sends in flight that may yet fail): look again soon rather
-            # than a whole period later (the interpreter defers at least MIN_DEFER).
-            next_allowed = min(next_allowed, inp.now)
-        return SendCapResult(count=len(rows), next_allowed_at=next_allowed)
+            # Still undecided: sends in flight that may yet fail make the count. The
+            # interpreter looks again after a short durable wait rather than deciding.
+            basis = CAP_BY_IN_FLIGHT
+        elif counted_sent < inp.max_sends:
+            basis = CAP_BY_STALE  # decided only by assuming long-stuck sends went out
+        else:
+            basis = CAP_BY_SENT
+        return SendCapResult(count=len(rows), next_allowed_at=next_allowed, basis=basis)

@@ -23,9 +23,16 @@ async def grant_consent(db: Database, contact_id: str, category: str = CATEGORY)
 
 
 async def send_wait_send_journey(
-    api: httpx.AsyncClient, key: str, wait: str, *, subject: str = "Hello", html: str | None = None
+    api: httpx.AsyncClient,
+    key: str,
+    wait: str,
+    *,
+    subject: str = "Hello",
+    html: str | None = None,
+    category: str = CATEGORY,
 ) -> None:
-    """Journey `key`: send, wait `wait`, send, exit; published."""
+    """Journey `key`: send (template `{key}-1`), wait `wait`, send (`{key}-2`), exit;
+    published. Steps first, pause, second, done."""
     for n in (1, 2):
         r = await api.post(
             "/v1/templates",
@@ -39,8 +46,8 @@ async def send_wait_send_journey(
         assert r.status_code == 201, r.text
     definition: dict[str, Any] = {
         "key": key,
-        "name": "Security test",
-        "category": CATEGORY,
+        "name": "Send, wait, send",
+        "category": category,
         "trigger": {"type": "manual"},
         "start": "first",
         "steps": {

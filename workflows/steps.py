@@ -34,6 +34,8 @@ from dsl.timing import next_send_time, wait_until
 from workflows.definitions import condition_json, where_json
 from workflows.interpreter import EventWait, Interpreter
 from workflows.types import (
+    CAP_BY_IN_FLIGHT,
+    CAP_BY_SENT,
     EngagementQuery,
     EngagementSignal,
     FindEventInput,
@@ -54,6 +56,16 @@ from workflows.types import (
 
 SEND_TIMEOUT = timedelta(seconds=60)
 MIN_DEFER = timedelta(minutes=1)
+# A cap decision that hinges on sends still in flight (they may yet fail) is looked at
+# again after UNDECIDED_CAP_WAIT, for skip and defer journeys alike; after
+# UNDECIDED_CAP_LOOKS undecided looks (about activities.lookups.IN_FLIGHT_STALE, after which
+# in-flight sends count as sent anyway) the in-flight sends are assumed sent.
+UNDECIDED_CAP_WAIT = MIN_DEFER
+UNDECIDED_CAP_LOOKS = 5
+CAP_ASSUMED_SENT = "frequency_cap_in_flight"  # step record outcome of such a decision
+# Runs that reach an undecided cap decision from this patch on look again (above); before
+# it, a skip journey skipped and a defer journey looked again after MIN_DEFER, unbounded.
+CAP_UNDECIDED_PATCH = "frequency-cap-undecided-looks-again"
 
 
 def _never() -> bool:
@@ -231,6 +243,7 @@ class StepRunner(Interpreter):
             template_key=step.template,
             category=step.category or self.defn.category,
         )
+        undecided_looks = 0  # cap decisions that hinged on sends still in flight
         while window is not None or cap is not None:
             now = workflow.now()
             if window is not None:
@@ -257,10 +270,30 @@ class StepRunner(Interpreter):
                     SendCapResult,
                 )
                 if counted.next_allowed_at is not None:
+                    next_allowed, outcome = counted.next_allowed_at, "frequency_cap"
+                    if counted.basis != CAP_BY_SENT and workflow.patched(CAP_UNDECIDED_PATCH):
+                        if counted.basis == CAP_BY_IN_FLIGHT:
+                            undecided_looks += 1
+                            if undecided_looks < UNDECIDED_CAP_LOOKS:
+                                # The sends that make the count may yet fail: look again.
+                                await self.pause(
+                                    name,
+                                    visit,
+                                    now + UNDECIDED_CAP_WAIT,
+                                    {"kind": "frequency_cap", "undecided": True},
+                                )
+                                continue
+                        # Decided by counting sends still in flight as sent (stuck too long,
+                        # or still unsettled after the looks): the record says so.
+                        outcome = CAP_ASSUMED_SENT
+                    elif counted.basis == CAP_BY_IN_FLIGHT:
+                        next_allowed = min(next_allowed, now)  # before the patch: "look again"
                     if cap.action == "skip":
-                        self.log(name, visit, "skipped", "frequency_cap")
+                        self.log(name, visit, "skipped", outcome)
                         return step.next
-                    until = max(counted.next_allowed_at, now + MIN_DEFER)
+                    if outcome != "frequency_cap":
+                        self.log(name, visit, "deferred", outcome)
+                    until = max(next_allowed, now + MIN_DEFER)
                     await self.pause(name, visit, until, {"kind": "frequency_cap"})
                     continue
             break

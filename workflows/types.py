@@ -15,7 +15,7 @@ class StepRecord:
     seq: int
     step: str
     visit: int
-    action: str  # entered | left | exited | skipped
+    action: str  # entered | left | exited | skipped | deferred (cap decided on in-flight sends)
     at: datetime
     outcome: str | None = None
 
@@ -187,10 +187,21 @@ class SendCapInput:
     send: SendInput | None = None
 
 
+# SendCapResult.basis: what made a capped send capped.
+CAP_BY_SENT = "sent"  # enough sends went out (sent/uncertain) in the period: decided
+# Only by counting sends still in flight after the settle wait: undecided, they may yet fail.
+CAP_BY_IN_FLIGHT = "in_flight"
+# Only by counting sends in flight for longer than IN_FLIGHT_STALE: decided, assumed sent.
+CAP_BY_STALE = "stale"
+
+
 @dataclass
 class SendCapResult:
     count: int
-    next_allowed_at: datetime | None  # None: a send is allowed now
+    # None: a send is allowed now. Otherwise when the cap frees, counting the sends still in
+    # flight as sent (results recorded before `basis` existed said "now" when undecided).
+    next_allowed_at: datetime | None
+    basis: str = CAP_BY_SENT  # CAP_BY_*; recorded results without it were decided ("sent")
 
 
 # --- changes the interpreter makes (activities/contact_updates.py, activities/chaining.py) --

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from temporalio.client import Client
 from core.config import Settings
 from core.db import Database
 from core.migrate import upgrade_async
-from core.models import JourneyVersion, Segment, Send
+from core.models import JourneyVersion, Segment, Send, utcnow
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from devstack.smtp_sink import SinkHandler, SmtpSink, db_store
@@ -41,6 +42,7 @@ from services.apikeys import create_key
 from services.enrollment import start_run
 from tests.journey_support import (
     deliver_event,
+    enroll,
     finished,
     human_engagement,
     journey,
@@ -244,6 +246,53 @@ async def frequency_cap_skip_and_defer(st: Stack) -> list[tuple[str, str]]:
     return [(key, cid), (key2, cid)]
 
 
+async def frequency_cap_undecided(st: Stack) -> list[tuple[str, str]]:
+    """Undecided cap decisions (another journey's send still in flight after send_cap's
+    settle wait), from the "frequency-cap-undecided-looks-again" patch on: a skip journey
+    looks again a minute later and sends (the send in flight failed), another looks again
+    and skips (it went out); a third counts a send stuck in flight for over IN_FLIGHT_STALE
+    at once (skipped / frequency_cap_in_flight). About 75 s: the look-again timer is real."""
+    from activities.lookups import IN_FLIGHT_STALE
+
+    async def in_flight(cid: str, age: timedelta = timedelta(0)) -> str:
+        k = f"other-{uuid.uuid4().hex[:8]}/s/1"
+        send = Send(send_key=k, run_id=k.split("/")[0], journey_key="other", version=1,
+                    step="s", visit=1, contact_id=cid, template_key="x",
+                    category="care_reminders", message_id=f"<{k}@t>", status="sending",
+                    created_at=utcnow() - age)
+        async with st.db.session() as s:
+            s.add(send)
+            await s.commit()
+        return send.id
+
+    async def settle(send_id: str, status: str) -> None:
+        async with st.db.session() as s:
+            row = await s.get(Send, send_id)
+            assert row is not None
+            row.status, row.sent_at = status, (utcnow() if status == "sent" else None)
+            s.add(row)
+            await s.commit()
+
+    tpl = await make_template(st.api)
+    d = journey(
+        {"promo": {"type": "send_email", "template": tpl, "next": "done"},
+         "done": {"type": "exit"}},
+        "promo",
+        frequency_cap={"max": 1, "period": "P1D", "action": "skip"},
+    )
+    key = await publish(st.api, d)
+    fails, goes_out, stale = [await make_contact(st.api, st.db) for _ in range(3)]
+    others = {cid: await in_flight(cid) for cid in (fails, goes_out)}
+    await in_flight(stale, IN_FLIGHT_STALE + timedelta(minutes=1))
+    await enroll(st.api, key, fails, goes_out, stale)
+    for cid, status in ((fails, "failed"), (goes_out, "sent")):
+        await waiting(st.temporal, key, cid, "frequency_cap")
+        await settle(others[cid], status)
+    for cid in (fails, goes_out, stale):
+        await finished(st.api, key, cid, timeout=120)
+    return [(key, fails), (key, goes_out), (key, stale)]
+
+
 SCENARIOS: dict[str, Scenario] = {
     "send_wait_send": send_wait_send,
     "send_exit": send_exit,
@@ -253,6 +302,7 @@ SCENARIOS: dict[str, Scenario] = {
     "start_journey_chain": start_journey_chain,
     "continue_as_new_mid_wait": continue_as_new_mid_wait,
     "frequency_cap_skip_and_defer": frequency_cap_skip_and_defer,
+    "frequency_cap_undecided": frequency_cap_undecided,
 }
 
 

@@ -21,6 +21,8 @@ def test_there_are_recorded_histories() -> None:
     assert {"send_wait_send", "continue_as_new_mid_wait", "events_goal_exit"} <= names
     # send -> exit before (record_steps an activity) and after the local-records patch.
     assert {"send_exit_v1", "send_exit"} <= names
+    # Frequency cap before and after the undecided-looks-again patch.
+    assert {"frequency_cap_skip_and_defer", "frequency_cap_undecided"} <= names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])

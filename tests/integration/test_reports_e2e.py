@@ -11,6 +11,7 @@ import pytest
 from core.db import Database
 from tests.helpers import eventually
 from tests.integration.report_scenario import Scenario
+from tests.security_helpers import send_wait_send_journey
 
 pytestmark = pytest.mark.xdist_group("reports")
 
@@ -32,31 +33,8 @@ async def test_real_runs_send_wait_send_then_engagement(
             json={"granted": True, "source": "test"},
         )
         assert r.status_code == 200, r.text
-    for n in (1, 2):
-        r = await api.post(
-            "/v1/templates",
-            json={"key": f"rpt-{tag}-{n}", "subject": f"Hello {n}", "html": "<p>Hi</p>"},
-        )
-        assert r.status_code == 201, r.text
     key = f"rpt-e2e-{tag}"
-    r = await api.post(
-        "/v1/journeys",
-        json={
-            "key": key,
-            "name": "Report e2e",
-            "category": "care_reminders",
-            "trigger": {"type": "manual"},
-            "start": "first",
-            "steps": {
-                "first": {"type": "send_email", "template": f"rpt-{tag}-1", "next": "pause"},
-                "pause": {"type": "wait", "duration": "PT1S", "next": "second"},
-                "second": {"type": "send_email", "template": f"rpt-{tag}-2", "next": "done"},
-                "done": {"type": "exit"},
-            },
-        },
-    )
-    assert r.status_code == 201, r.text
-    assert (await api.post(f"/v1/journeys/{key}/publish")).status_code == 200
+    await send_wait_send_journey(api, key, "PT1S")
     r = await api.post(f"/v1/journeys/{key}/enrollments", json={"contact_ids": contacts})
     assert r.json()["enrolled"] == 3
 
@@ -77,7 +55,7 @@ async def test_real_runs_send_wait_send_then_engagement(
     for name in ("first", "second"):
         send = steps[name]["send"]
         assert (send["sent"], send["delivered"], send["bounced"]) == (3, 3, 0), name
-        assert send["templates"] == [f"rpt-{tag}-{1 if name == 'first' else 2}"]
+        assert send["templates"] == [f"{key}-{1 if name == 'first' else 2}"]
     assert "send" not in steps["pause"]
 
     # The tracking service judges opens on the first message: an Apple MPP prefetch on

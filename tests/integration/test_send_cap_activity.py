@@ -7,15 +7,23 @@ import asyncio
 import uuid
 from datetime import timedelta
 
+import pytest
 from sqlmodel import select
 from temporalio.testing import ActivityEnvironment
 
+import activities.lookups
 from activities.lookups import LookupActivities
 from activities.sending import send_id_for, send_key_of
 from core.config import Settings
 from core.db import Database
 from core.models import Send, utcnow
-from workflows.types import SendCapInput, SendInput
+from workflows.types import (
+    CAP_BY_IN_FLIGHT,
+    CAP_BY_SENT,
+    CAP_BY_STALE,
+    SendCapInput,
+    SendInput,
+)
 
 
 def _ids() -> tuple[str, str]:
@@ -97,7 +105,7 @@ async def test_a_send_in_flight_that_is_sent_caps_for_the_period(
         s.add(row)
         await s.commit()
     got = await asyncio.wait_for(decision, 5)
-    assert got.next_allowed_at is not None
+    assert got.next_allowed_at is not None and got.basis == CAP_BY_SENT
     assert abs(got.next_allowed_at - (sent_at + timedelta(days=1))) < timedelta(seconds=1)
     async with db.session() as s:
         mine = (await s.exec(select(Send).where(Send.run_id == run_id))).all()
@@ -113,4 +121,23 @@ async def test_a_long_stuck_send_counts_without_waiting(db: Database, settings: 
         LookupActivities(db, settings).send_cap, _decide(cid, run_id)
     )
     assert got.next_allowed_at is not None
+    assert got.basis == CAP_BY_STALE  # decided only by assuming it went out
     assert loop.time() - t0 < 2
+
+
+async def test_a_send_still_in_flight_after_the_settle_wait_leaves_it_undecided(
+    db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(activities.lookups, "CAP_SETTLE_WAIT", 0.5)
+    cid, run_id = _ids()
+    await _other_send(db, cid, "sending", timedelta(minutes=1))
+    inp = _decide(cid, run_id)
+    got = await ActivityEnvironment().run(LookupActivities(db, settings).send_cap, inp)
+    assert got.basis == CAP_BY_IN_FLIGHT
+    # When the cap frees should the send go out (the interpreter looks again well before).
+    assert got.next_allowed_at is not None
+    assert abs(got.next_allowed_at - (inp.now + timedelta(days=1, minutes=-1))) < timedelta(
+        seconds=5
+    )
+    async with db.session() as s:
+        assert (await s.exec(select(Send).where(Send.run_id == run_id))).all() == []

@@ -33,6 +33,7 @@ from services.enrollment import start_run
 from services.identity import email_hash
 from tests.helpers import eventually
 from tests.integration.sending_support import tag
+from tests.security_helpers import send_wait_send_journey
 
 REPO = Path(__file__).resolve().parents[2]
 CONTACTS = 200
@@ -123,31 +124,10 @@ async def test_sigkill_during_a_200_contact_journey_sends_each_message_once(
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     t = tag()
-    for n in (1, 2):
-        r = await api.post(
-            "/v1/templates",
-            json={"key": f"f-{t}-{n}", "subject": f"Reminder {n}", "html": "<p>Hello</p>"},
-        )
-        assert r.status_code == 201, r.text
     key = f"fault-{t}"
-    r = await api.post(
-        "/v1/journeys",
-        json={
-            "key": key,
-            "name": "Fault",
-            "category": CAT,
-            "trigger": {"type": "manual"},
-            "start": "first",
-            "steps": {
-                "first": {"type": "send_email", "template": f"f-{t}-1", "next": "pause"},
-                "pause": {"type": "wait", "duration": "PT1S", "next": "second"},
-                "second": {"type": "send_email", "template": f"f-{t}-2", "next": "done"},
-                "done": {"type": "exit"},
-            },
-        },
+    await send_wait_send_journey(
+        api, key, "PT1S", subject="Reminder", html="<p>Hello</p>", category=CAT
     )
-    assert r.status_code == 201, r.text
-    assert (await api.post(f"/v1/journeys/{key}/publish")).status_code == 200
     async with db.session() as s:
         version = await s.get(JourneyVersion, (key, 1))
     assert version is not None

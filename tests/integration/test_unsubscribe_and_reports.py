@@ -37,36 +37,17 @@ from tests.integration.sending_support import (
     tag,
     unsubscribe_path,
 )
+from tests.security_helpers import send_wait_send_journey
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "mail"
 CAT = "care_reminders"
 
 
 async def _journey_with_a_long_wait(api: httpx.AsyncClient, category: str = CAT) -> str:
-    t = tag()
-    for n in (1, 2):
-        r = await api.post(
-            "/v1/templates",
-            json={"key": f"u-{t}-{n}", "subject": f"Message {n}", "html": "<p>Hello</p>"},
-        )
-        assert r.status_code == 201, r.text
-    key = f"unsub-{t}"
-    definition = {
-        "key": key,
-        "name": "Unsubscribe test",
-        "category": category,
-        "trigger": {"type": "manual"},
-        "start": "first",
-        "steps": {
-            "first": {"type": "send_email", "template": f"u-{t}-1", "next": "pause"},
-            "pause": {"type": "wait", "duration": "PT1H", "next": "second"},
-            "second": {"type": "send_email", "template": f"u-{t}-2", "next": "done"},
-            "done": {"type": "exit"},
-        },
-    }
-    r = await api.post("/v1/journeys", json=definition)
-    assert r.status_code == 201, r.text
-    assert (await api.post(f"/v1/journeys/{key}/publish")).status_code == 200
+    key = f"unsub-{tag()}"
+    await send_wait_send_journey(
+        api, key, "PT1H", subject="Message", html="<p>Hello</p>", category=category
+    )
     return key
 
 
