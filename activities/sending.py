@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
@@ -44,13 +45,11 @@ from core.db import Database
 from core.models import Contact, OutboxMessage, Send, Template, utcnow
 from mail.message import message_id_for
 from mail.render import TemplateRenderError
-from services.consents import has_valid_grant
 from services.context import ServiceContext
 from services.identity import email_hash
 from services.mail_outcomes import record_outcome
-from services.report_rollup import on_send_status
+from services.report_rollup import ids, rollup_sends_locked
 from services.suppressions import find_suppression
-from services.tracking_links import save_links
 from workflows.types import SendInput, SendResult
 
 log = logging.getLogger("journeys.sending")
@@ -109,6 +108,85 @@ def cap_lock_key(contact_id: str) -> int:
     return _advisory_key(b"journeys/cap-lock", contact_id)
 
 
+# The hot path's statements, written once as text() constants: no ORM statement building
+# per send, and one round trip where the ORM path took several.
+
+# Reserve the ledger row under the contact's cap lock (taken before the INSERT: the
+# one-time filter is evaluated first) and read, in the same statement, the row (new or
+# earlier), the contact, the template and the SPEC section 7 checks: a suppression of the
+# address for the category or globally, and whether the newest consent is a grant. The
+# send's own advisory lock was taken by the statement before, so this snapshot follows it.
+_RESERVE_AND_CHECK = text("""\
+WITH ins AS (
+  INSERT INTO send (id, send_key, run_id, journey_key, version, step, visit, contact_id,
+                    template_key, category, message_id, status, attempts, created_at)
+  SELECT :id, :send_key, :run_id, :journey_key, :version, :step, :visit, :contact_id,
+         :template_key, :category, :message_id, 'reserved', 0, :created_at
+  WHERE (SELECT pg_advisory_xact_lock(:cap_key)::text) IS NOT NULL
+  ON CONFLICT (send_key) DO NOTHING
+  RETURNING *
+), snd AS (
+  SELECT * FROM ins
+  UNION ALL
+  SELECT * FROM send WHERE send_key = :send_key AND NOT EXISTS (SELECT 1 FROM ins)
+), chk AS (
+  SELECT c.id AS c_id, c.external_id AS c_external_id, c.email AS c_email,
+         c.email_hash AS c_email_hash, c.timezone AS c_timezone,
+         c.attributes AS c_attributes, c.deleted_at AS c_deleted_at,
+         t.key AS t_key, t.subject AS t_subject, t.html AS t_html, t.text AS t_text,
+         t.category AS t_category, t.track_opens AS t_track_opens,
+         t.track_clicks AS t_track_clicks,
+         coalesce(nullif(:category, ''), t.category) AS eff_category
+  FROM (SELECT 1) AS one
+  LEFT JOIN contact c ON c.id = :contact_id
+  LEFT JOIN template t ON t.key = :template_key
+)
+SELECT snd.*, chk.*,
+  EXISTS (
+    SELECT 1 FROM suppression sp
+    WHERE sp.email_hash = chk.c_email_hash
+      AND (chk.eff_category IS NULL OR sp.category IN ('*', chk.eff_category))
+  ) AS suppressed,
+  coalesce((
+    SELECT cn.granted FROM consent cn
+    WHERE cn.contact_id = :contact_id AND cn.category = chk.eff_category
+    ORDER BY cn.at DESC, cn.id DESC LIMIT 1
+  ), false) AS granted
+FROM snd CROSS JOIN chk
+""")
+
+# `sending`, the attempt counted, and the message's tracked links, in one statement (the
+# data-modifying CTE runs whether or not the INSERT reads it).
+_MARK_SENDING = text("""\
+WITH upd AS (
+  UPDATE send SET status = 'sending', attempts = attempts + 1, email_hash = :email_hash,
+                  detail = NULL, category = :category
+  WHERE id = :send_id RETURNING attempts
+)
+INSERT INTO tracked_link (id, send_id, kind, name, url)
+SELECT l.id, :send_id, l.kind, l.name, l.url
+FROM unnest(CAST(:ids AS text[]), CAST(:kinds AS text[]), CAST(:names AS text[]),
+            CAST(:urls AS text[])) AS l(id, kind, name, url)
+ON CONFLICT (id) DO NOTHING
+""")
+
+# A final status, with the send's report state row made to exist and locked in the same
+# statement (ON CONFLICT DO UPDATE locks an existing row, waiting for a rollup in flight);
+# the rollup's next statement then reads a snapshot taken after the lock, as
+# services.report_rollup.rollup_sends does with its two lock statements.
+_SET_STATUS_AND_LOCK = text("""\
+WITH upd AS (
+  UPDATE send SET status = :status, detail = :detail, category = :category,
+                  sent_at = coalesce(:sent_at, sent_at)
+  WHERE id = :send_id RETURNING id
+)
+INSERT INTO report_send_state (send_id) SELECT id FROM upd
+ON CONFLICT (send_id) DO UPDATE SET send_id = EXCLUDED.send_id
+""")
+
+_SEND_COLUMNS = tuple(Send.model_fields)
+
+
 @asynccontextmanager
 async def _heartbeating() -> AsyncIterator[None]:
     """Heartbeat while the attempt runs, so a dead worker is noticed in seconds rather
@@ -159,15 +237,17 @@ class SendActivities:
     @asynccontextmanager
     async def _locked(self, send_key: str) -> AsyncIterator[AsyncSession]:
         """A session on one connection for the whole attempt, holding the send's advisory
-        lock. The lock belongs to the connection, not the transaction: it is taken as the
-        first statement of the attempt's first transaction and outlives its commits."""
+        lock. The lock belongs to the connection, not the transaction: it outlives the
+        attempt's commits. Taking and releasing it are single autocommit round trips on
+        the driver connection, outside any transaction (no BEGIN/COMMIT around them)."""
         key = _lock_key(send_key)
         async with self.db.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
             session = AsyncSession(bind=conn, expire_on_commit=False)
             got = False
             try:
-                lock = text("SELECT pg_try_advisory_lock(:k)").bindparams(k=key)
-                got = bool((await session.exec(lock)).scalar())  # type: ignore[call-overload]
+                got = await _autocommit_scalar(raw, "SELECT pg_try_advisory_lock(%s)", key)
                 if not got:
                     # Another attempt of this send still runs (one that timed out but lives on).
                     raise ApplicationError(
@@ -178,15 +258,15 @@ class SendActivities:
                 try:
                     await session.close()  # rolls back whatever the attempt left open
                     if got:
-                        await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                        await conn.commit()
+                        await _autocommit_scalar(raw, "SELECT pg_advisory_unlock(%s)", key)
                 except Exception:
                     # Never hand a connection that may still hold the lock back to the pool.
                     await conn.invalidate()
 
     async def _attempt(self, ctx: ServiceContext, inp: SendInput, send_key: str) -> SendResult:
         s = ctx.session
-        send = await self._reserve(s, inp, send_key)
+        row = await self._reserve_and_check(s, inp, send_key)
+        send = Send(**{k: row[k] for k in _SEND_COLUMNS})
         if send.status in FINAL:
             return SendResult(send.status, send.id, send.detail)
         if send.status == "sending":
@@ -194,28 +274,40 @@ class SendActivities:
             if settled is not None:
                 return settled
 
-        # Contact and template in one round trip; apart when one is missing (to say which).
-        both = (
-            await s.exec(
-                select(Contact, Template).where(
-                    Contact.id == inp.contact_id, Template.key == inp.template_key
-                )
-            )
-        ).first()
-        contact, template = both if both else (await s.get(Contact, inp.contact_id), None)
-        if contact is None or contact.deleted_at is not None:
+        if row["c_id"] is None or row["c_deleted_at"] is not None:
             return await self._finish(s, send, "blocked", "contact_deleted")
-        if not contact.email:
+        if not row["c_email"]:
             return await self._finish(s, send, "blocked", "no_email")
-        template = template or await s.get(Template, inp.template_key)
-        if template is None:
+        if row["t_key"] is None:
             return await self._finish(s, send, "failed", f"template {inp.template_key!r} not found")
-        send.category = inp.category or template.category
-        hashed = contact.email_hash or email_hash(contact.email, ctx.pepper)
-        # The checks of SPEC section 7, at the moment of sending, under the send's lock.
-        if await find_suppression(ctx, hashed, send.category) is not None:
+        contact = Contact(
+            id=row["c_id"],
+            external_id=row["c_external_id"],
+            email=row["c_email"],
+            email_hash=row["c_email_hash"],
+            timezone=row["c_timezone"],
+            attributes=row["c_attributes"] or {},
+        )
+        template = Template(
+            key=row["t_key"],
+            subject=row["t_subject"],
+            html=row["t_html"],
+            text=row["t_text"],
+            category=row["t_category"],
+            track_opens=row["t_track_opens"],
+            track_clicks=row["t_track_clicks"],
+        )
+        assert contact.email is not None
+        send.category = row["eff_category"]
+        # The checks of SPEC section 7, read under the send's lock with the reservation.
+        if contact.email_hash:
+            hashed, suppressed = contact.email_hash, bool(row["suppressed"])
+        else:  # a contact stored without its hash: look the address up the long way
+            hashed = email_hash(contact.email, ctx.pepper)
+            suppressed = await find_suppression(ctx, hashed, send.category) is not None
+        if suppressed:
             return await self._finish(s, send, "blocked", "suppressed")
-        if not await has_valid_grant(ctx, contact.id, send.category):
+        if not (send.category and row["granted"]):
             return await self._finish(s, send, "blocked", "no_consent")
 
         now = utcnow()
@@ -235,21 +327,33 @@ class SendActivities:
             # build_message names the offending field, never its value.
             return await self._finish(s, send, "failed", f"message: {exc}")
 
-        send.status = "sending"
-        send.attempts += 1
-        send.email_hash = hashed
-        send.detail = None
-        s.add(send)
-        await save_links(s, composed.links)
+        links = composed.links.rows
+        await s.execute(
+            _MARK_SENDING,
+            {
+                "send_id": send.id,
+                "email_hash": hashed,
+                "category": send.category,
+                "ids": [r.id for r in links],
+                "kinds": [r.kind for r in links],
+                "names": [r.name for r in links],
+                "urls": [r.url for r in links],
+            },
+        )
         await s.commit()
+        send.status, send.attempts, send.email_hash, send.detail = (
+            "sending", send.attempts + 1, hashed, None
+        )
 
         try:
             await self.transport.send(self.settings.envelope_sender, contact.email, composed.raw)
         except TransientSmtpError as exc:
             if not exc.delivered_unknown:
                 # The relay certainly did not take it: the next attempt starts afresh.
-                send.status, send.detail = "reserved", exc.detail
-                s.add(send)
+                await s.execute(
+                    text("UPDATE send SET status = 'reserved', detail = :detail WHERE id = :id"),
+                    {"detail": exc.detail, "id": send.id},
+                )
                 await s.commit()
             # Otherwise stay `sending`: the next attempt settles it (see module doc).
             raise ApplicationError(
@@ -259,17 +363,34 @@ class SendActivities:
             return await self._permanent_failure(ctx, send, hashed, exc)
         return await self._finish(s, send, "sent", None)
 
-    async def _reserve(self, s: AsyncSession, inp: SendInput, send_key: str) -> Send:
-        # The frequency-cap check (activities.lookups.send_cap) may have reserved it already.
-        # A new row is committed under the contact's cap lock, so the cap decisions of the
-        # contact's other runs (capped journeys) count this send from now on.
-        lock = text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=cap_lock_key(inp.contact_id))
-        await s.exec(lock)  # type: ignore[call-overload]
-        send = await insert_reservation(s, inp, self.settings.mail_domain)
+    async def _reserve_and_check(
+        self, s: AsyncSession, inp: SendInput, send_key: str
+    ) -> Mapping[str, Any]:
+        """The ledger row (the frequency-cap check, activities.lookups.send_cap, may have
+        reserved it already) with what the checks need; one statement, then a commit.
+        A new row is committed under the contact's cap lock, so the cap decisions of the
+        contact's other runs (capped journeys) count this send from now on."""
+        result = await s.execute(
+            _RESERVE_AND_CHECK,
+            {
+                "id": send_id_for(send_key),
+                "send_key": send_key,
+                "run_id": inp.run_id,
+                "journey_key": inp.journey_key,
+                "version": inp.version,
+                "step": inp.step,
+                "visit": inp.visit,
+                "contact_id": inp.contact_id,
+                "template_key": inp.template_key,
+                "category": inp.category,
+                "message_id": message_id_for(send_key, self.settings.mail_domain),
+                "created_at": utcnow(),
+                "cap_key": cap_lock_key(inp.contact_id),
+            },
+        )
+        row = result.mappings().one()
         await s.commit()
-        if send is None:  # a later attempt: the row is there
-            send = (await s.exec(select(Send).where(Send.send_key == send_key))).one()
-        return send
+        return row
 
     async def _settle_interrupted(self, s: AsyncSession, send: Send) -> SendResult | None:
         """A previous attempt died after `sending` was committed (module doc)."""
@@ -294,14 +415,32 @@ class SendActivities:
         log.warning("send %s interrupted during SMTP; marked uncertain, not resent", send.id)
         return await self._finish(s, send, "uncertain", "interrupted_during_smtp")
 
+    async def _set_status(
+        self, s: AsyncSession, send: Send, status: str, detail: str | None
+    ) -> None:
+        """A final status and the report counters that move with it, before the caller's
+        commit: two statements (the counters' lock rides on the status update)."""
+        send.status = status
+        send.detail = detail
+        if status == "sent":
+            send.sent_at = utcnow()
+        await s.execute(
+            _SET_STATUS_AND_LOCK,
+            {
+                "send_id": send.id,
+                "status": status,
+                "detail": detail,
+                "category": send.category,
+                "sent_at": send.sent_at if status == "sent" else None,
+            },
+        )
+        await rollup_sends_locked(s, ids([send.id]))
+
     async def _permanent_failure(
         self, ctx: ServiceContext, send: Send, hashed: str, exc: PermanentSmtpError
     ) -> SendResult:
-        send.status = "failed"
-        send.detail = f"smtp_{exc.code}" + (f"_{exc.enhanced}" if exc.enhanced else "")
-        ctx.session.add(send)
-        await ctx.session.flush()
-        await on_send_status(ctx.session, send.id)
+        detail = f"smtp_{exc.code}" + (f"_{exc.enhanced}" if exc.enhanced else "")
+        await self._set_status(ctx.session, send, "failed", detail)
         if not exc.bad_mailbox:
             await ctx.session.commit()
             return SendResult("failed", send.id, send.detail)
@@ -328,12 +467,19 @@ class SendActivities:
     async def _finish(
         self, s: AsyncSession, send: Send, status: str, detail: str | None
     ) -> SendResult:
-        send.status = status
-        send.detail = detail
-        if status == "sent":
-            send.sent_at = utcnow()
-        s.add(send)
-        await s.flush()
-        await on_send_status(s, send.id)  # report counters move with the status, atomically
+        # report counters move with the status, atomically
+        await self._set_status(s, send, status, detail)
         await s.commit()
         return SendResult(status, send.id, detail)
+
+
+async def _autocommit_scalar(conn: Any, sql: str, *params: Any) -> Any:
+    """One statement outside any transaction on a psycopg connection that has none open
+    (between the attempt's commits): one round trip, no BEGIN/COMMIT."""
+    await conn.set_autocommit(True)
+    try:
+        cur = await conn.execute(sql, params)
+        row = await cur.fetchone()
+    finally:
+        await conn.set_autocommit(False)
+    return row[0] if row else None

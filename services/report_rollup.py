@@ -249,6 +249,13 @@ async def rollup_sends(session: AsyncSession, sel: Selection) -> None:
     await _exec(session, _SENDS.format(sel=sel.sql), sel)
 
 
+async def rollup_sends_locked(session: AsyncSession, sel: Selection) -> None:
+    """rollup_sends for callers that already made the selected sends' state rows exist and
+    locked them in an earlier statement of their transaction (the send path does it with
+    its status update: activities.sending); one statement instead of three."""
+    await _exec(session, _SENDS.format(sel=sel.sql), sel)
+
+
 async def on_send_status(session: AsyncSession, send: Any) -> None:
     """After a send's status, delivery (bounced/complained) or unsubscribed_at changed."""
     await rollup_sends(session, ids([_id(send)]))

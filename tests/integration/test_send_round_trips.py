@@ -1,0 +1,93 @@
+"""Round trips of the send path: each statement, BEGIN, COMMIT and pool ping is a wait on
+PostgreSQL and CPU in the worker, so the hot path is held to a budget."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+import tempfile
+from contextlib import contextmanager
+from typing import Any
+
+import pytest_asyncio
+from psycopg.pq import Trace
+from sqlalchemy import event
+
+from core.config import Settings
+from core.db import Database
+from devstack.smtp_sink import SmtpSink
+from tests.integration.sending_support import (
+    activities_for,
+    new_contact,
+    new_template,
+    run_send,
+    send_input,
+    sending_settings,
+    set_grant,
+)
+
+CAT = "care_reminders"
+
+
+@pytest_asyncio.fixture
+async def env(settings: Settings, sink: SmtpSink) -> AsyncIterator[Settings]:
+    yield sending_settings(settings)
+
+
+@contextmanager
+def round_trips(db: Database) -> Iterator[list[str]]:
+    """What the engine's connections ask PostgreSQL, one entry a round trip, read from the
+    libpq protocol trace (so BEGIN, COMMIT and driver-level calls count too): a simple
+    Query, or an extended-protocol exchange ending in Sync. The SMTP sink of the tests
+    shares the engine; its checkouts (storing the message) are left out."""
+    engine = db.engine.sync_engine
+    traces: list[tuple[Any, Any]] = []
+
+    def on_checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        pgconn = dbapi_conn.driver_connection.pgconn
+        log = tempfile.TemporaryFile(mode="w+")
+        pgconn.trace(log.fileno())
+        pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS)
+        traces.append((pgconn, log))
+
+    def on_checkin(dbapi_conn: Any, record: Any) -> None:
+        if dbapi_conn is not None:
+            dbapi_conn.driver_connection.pgconn.untrace()
+
+    seen: list[str] = []
+    event.listen(engine.pool, "checkout", on_checkout)
+    event.listen(engine.pool, "checkin", on_checkin)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.pool, "checkout", on_checkout)
+        event.remove(engine.pool, "checkin", on_checkin)
+        for pgconn, log in traces:
+            pgconn.untrace()
+            log.seek(0)
+            text = log.read()
+            log.close()
+            if "INSERT INTO outbox_message" in text:
+                continue
+            sql = ""
+            for line in text.splitlines():
+                part = line.split("\t")
+                if len(part) < 3 or part[0] != "F":
+                    continue
+                kind = part[2]
+                if kind in ("Query", "Parse"):
+                    sql = " ".join(part[3:]).strip().removeprefix('"" ')[:80]
+                if kind in ("Query", "Sync"):
+                    seen.append(sql)
+
+
+async def test_a_granted_send_makes_few_round_trips(db: Database, env: Settings) -> None:
+    acts = activities_for(db, env)
+    contact = await new_contact(db, env)
+    await set_grant(db, env, contact.id, CAT)
+    tpl = await new_template(db)
+    with round_trips(db) as seen:
+        result = await run_send(acts, send_input(contact.id, tpl.key))
+    assert result.status == "sent"
+    # Lock; BEGIN, reserve + read + checks, COMMIT; BEGIN, `sending` + links, COMMIT;
+    # (SMTP) BEGIN, `sent` + counter lock, counters, COMMIT; unlock. (Before: 21.)
+    assert len(seen) <= 12, "\n".join(seen)
