@@ -20,6 +20,18 @@ class RunActivities:
         self.db = db
         self.settings = settings
 
+    async def _segments_to_recheck(self, s: AsyncSession, inp: RecordInput) -> bool:
+        """Whether any rule segment reads this journey's runs ({"journey": KEY}). Read in the
+        records' transaction, so a run that no segment watches (the common case) costs no
+        transaction of its own for the hook."""
+        if self.settings is None:
+            return False
+        from services.context import ServiceContext
+        from services.segment_membership import affected, rule_segments
+
+        ctx = ServiceContext(s, self.settings, None)
+        return bool(affected(await rule_segments(ctx), {f"journey:{inp.journey_key}"}))
+
     async def _run_status_changed(self, s: AsyncSession, inp: RecordInput) -> None:
         """A run started or ended: segments with {"journey": KEY} conditions re-check the
         contact (on the session the records were committed with: one connection a call)."""
@@ -84,7 +96,9 @@ class RunActivities:
                 await on_steps_recorded(s, inp.run_id, inp.records)
             # Report counters move in the same transaction; both calls are retry-safe.
             await on_run_exit(s, inp.run_id)
-            await s.commit()
             # Ended runs re-check every time (a retry after a failed check must not skip it).
-            if before is None or before != inp.status or ended:
+            changed = before is None or before != inp.status or ended
+            recheck = changed and await self._segments_to_recheck(s, inp)
+            await s.commit()
+            if recheck:
                 await self._run_status_changed(s, inp)

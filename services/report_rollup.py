@@ -134,16 +134,16 @@ async def on_steps_recorded(session: AsyncSession, run_id: str, records: Iterabl
 
 
 def _lock(table: str, pk: str, keys: str) -> list[str]:
-    """Make sure each run/send in `keys` has a state row, then lock those rows in id order.
+    """Make sure each run/send in `keys` has a state row and lock those rows in id order,
+    in one statement: ON CONFLICT DO UPDATE locks a row that exists (waiting for a rollup
+    in flight to commit), and a row it inserts is its own until commit.
 
     The lock serialises concurrent rollups of one run/send; the next statement's fresh
     snapshot then sees what a rollup that finished meanwhile stored.
     """
     return [
         f"INSERT INTO {table} ({pk}) SELECT DISTINCT k FROM ({keys}) AS keys(k) "
-        "ORDER BY 1 ON CONFLICT DO NOTHING",
-        f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {pk} IN ({keys}) "
-        f"ORDER BY {pk} FOR UPDATE) AS locked",
+        f"ORDER BY 1 ON CONFLICT ({pk}) DO UPDATE SET {pk} = EXCLUDED.{pk}",
     ]
 
 

@@ -3,17 +3,22 @@ PostgreSQL and CPU in the worker, so the hot path is held to a budget."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 import tempfile
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest_asyncio
 from psycopg.pq import Trace
 from sqlalchemy import event
+from sqlmodel import select
+from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 
+from activities.runs import RunActivities
 from core.config import Settings
 from core.db import Database
+from core.models import StepLog, utcnow
 from devstack.smtp_sink import SmtpSink
 from tests.integration.sending_support import (
     activities_for,
@@ -23,7 +28,9 @@ from tests.integration.sending_support import (
     send_input,
     sending_settings,
     set_grant,
+    tag,
 )
+from workflows.types import RecordInput, StepRecord
 
 CAT = "care_reminders"
 
@@ -91,3 +98,38 @@ async def test_a_granted_send_makes_few_round_trips(db: Database, env: Settings)
     # Lock; BEGIN, reserve + read + checks, COMMIT; BEGIN, `sending` + links, COMMIT;
     # (SMTP) BEGIN, `sent` + counter lock, counters, COMMIT; unlock. (Before: 21.)
     assert len(seen) <= 12, "\n".join(seen)
+
+
+async def test_recording_an_ended_run_makes_few_round_trips(
+    db: Database, env: Settings, temporal: Client
+) -> None:
+    """record_steps at the end of a send -> exit run: run row, step log, step and run
+    counters; no segment reads this journey, so the segment hook costs no transaction."""
+    acts = RunActivities(db, env)
+    run_id = f"run-{tag()}"
+    now = utcnow()
+    records = [
+        StepRecord(1, "send", 1, "entered", now),
+        StepRecord(2, "send", 1, "left", now, "done"),
+        StepRecord(3, "done", 1, "exited", now, "completed"),
+    ]
+    inp = RecordInput(
+        run_id=run_id,
+        workflow_id=f"journey/rt-{tag()}/c_x",
+        journey_key=f"rt-{tag()}",
+        version=1,
+        contact_id="c_x",
+        records=records,
+        status="completed",
+        step=None,
+        visits={"send": 1, "done": 1},
+        exit_reason="completed",
+    )
+    with round_trips(db) as seen:
+        await ActivityEnvironment(client=temporal).run(acts.record_steps, inp)
+    async with db.session() as s:
+        logged = (await s.exec(select(StepLog).where(StepLog.run_id == run_id))).all()
+    assert len(logged) == 3
+    # BEGIN, run row, step log, step counters, run state lock, run counters, segments,
+    # COMMIT. (Before: 11.)
+    assert len(seen) <= 8, "\n".join(seen)
