@@ -89,9 +89,9 @@ class RunActivities:
                 ]
                 # seq makes a retried activity a no-op for rows already written.
                 await s.exec(  # type: ignore[call-overload]
-                    insert(StepLog).values(rows).on_conflict_do_nothing(
-                        constraint="uq_step_log_seq"
-                    )
+                    insert(StepLog)
+                    .values(rows)
+                    .on_conflict_do_nothing(constraint="uq_step_log_seq")
                 )
                 await on_steps_recorded(s, inp.run_id, inp.records)
             # Report counters move in the same transaction; both calls are retry-safe.

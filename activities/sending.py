@@ -341,9 +341,8 @@ class SendActivities:
             },
         )
         await s.commit()
-        send.status, send.attempts, send.email_hash, send.detail = (
-            "sending", send.attempts + 1, hashed, None
-        )
+        send.status, send.detail = "sending", None
+        send.attempts, send.email_hash = send.attempts + 1, hashed
 
         try:
             await self.transport.send(self.settings.envelope_sender, contact.email, composed.raw)
