@@ -26,11 +26,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import RowMapping, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -364,7 +364,7 @@ class SendActivities:
 
     async def _reserve_and_check(
         self, s: AsyncSession, inp: SendInput, send_key: str
-    ) -> Mapping[str, Any]:
+    ) -> RowMapping:
         """The ledger row (the frequency-cap check, activities.lookups.send_cap, may have
         reserved it already) with what the checks need; one statement, then a commit.
         A new row is committed under the contact's cap lock, so the cap decisions of the
