@@ -192,6 +192,13 @@ async def rollup_runs(session: AsyncSession, sel: Selection) -> None:
     await _exec(session, _RUNS.format(sel=sel.sql), sel)
 
 
+async def rollup_runs_locked(session: AsyncSession, sel: Selection) -> None:
+    """rollup_runs for callers that already made the selected runs' state rows exist and
+    locked them in an earlier statement of their transaction (activities.runs does it
+    with the run row's upsert); one statement instead of two."""
+    await _exec(session, _RUNS.format(sel=sel.sql), sel)
+
+
 async def on_run_exit(session: AsyncSession, run: Any) -> None:
     """After the run row changed: started, exited (reason) or reached its goal.
 
