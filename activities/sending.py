@@ -26,13 +26,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import RowMapping, text
+from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.client import Client
@@ -42,13 +43,13 @@ from activities.compose import DkimKey, compose, load_dkim
 from activities.smtp import PermanentSmtpError, SmtpTransport, TransientSmtpError
 from core.config import Settings
 from core.db import Database
-from core.models import Contact, OutboxMessage, Send, Template, utcnow
+from core.models import Contact, Send, Template, utcnow
 from mail.message import message_id_for
 from mail.render import TemplateRenderError
 from services.context import ServiceContext
 from services.identity import email_hash
 from services.mail_outcomes import record_outcome
-from services.report_rollup import ids, rollup_sends_locked
+from services.report_rollup import SEND_ROLLUP_ONE
 from services.suppressions import find_suppression
 from workflows.types import SendInput, SendResult
 
@@ -108,27 +109,28 @@ def cap_lock_key(contact_id: str) -> int:
     return _advisory_key(b"journeys/cap-lock", contact_id)
 
 
-# The hot path's statements, written once as text() constants: no ORM statement building
-# per send, and one round trip where the ORM path took several.
+# The hot path's statements, written once as driver-level SQL (psycopg's %(name)s
+# parameters): no ORM statement building per send, one statement where the ORM path took
+# several, and sent in pipelined transactions (_Held.pipelined).
 
 # Reserve the ledger row under the contact's cap lock (taken before the INSERT: the
 # one-time filter is evaluated first) and read, in the same statement, the row (new or
 # earlier), the contact, the template and the SPEC section 7 checks: a suppression of the
 # address for the category or globally, and whether the newest consent is a grant. The
 # send's own advisory lock was taken by the statement before, so this snapshot follows it.
-_RESERVE_AND_CHECK = text("""\
+_RESERVE_AND_CHECK = """\
 WITH ins AS (
   INSERT INTO send (id, send_key, run_id, journey_key, version, step, visit, contact_id,
                     template_key, category, message_id, status, attempts, created_at)
-  SELECT :id, :send_key, :run_id, :journey_key, :version, :step, :visit, :contact_id,
-         :template_key, :category, :message_id, 'reserved', 0, :created_at
-  WHERE (SELECT pg_advisory_xact_lock(:cap_key)::text) IS NOT NULL
+  SELECT %(id)s, %(send_key)s, %(run_id)s, %(journey_key)s, %(version)s, %(step)s, %(visit)s, %(contact_id)s,
+         %(template_key)s, %(category)s, %(message_id)s, 'reserved', 0, %(created_at)s
+  WHERE (SELECT pg_advisory_xact_lock(%(cap_key)s)::text) IS NOT NULL
   ON CONFLICT (send_key) DO NOTHING
   RETURNING *
 ), snd AS (
   SELECT * FROM ins
   UNION ALL
-  SELECT * FROM send WHERE send_key = :send_key AND NOT EXISTS (SELECT 1 FROM ins)
+  SELECT * FROM send WHERE send_key = %(send_key)s AND NOT EXISTS (SELECT 1 FROM ins)
 ), chk AS (
   SELECT c.id AS c_id, c.external_id AS c_external_id, c.email AS c_email,
          c.email_hash AS c_email_hash, c.timezone AS c_timezone,
@@ -136,10 +138,10 @@ WITH ins AS (
          t.key AS t_key, t.subject AS t_subject, t.html AS t_html, t.text AS t_text,
          t.category AS t_category, t.track_opens AS t_track_opens,
          t.track_clicks AS t_track_clicks,
-         coalesce(nullif(:category, ''), t.category) AS eff_category
+         coalesce(nullif(%(category)s, ''), t.category) AS eff_category
   FROM (SELECT 1) AS one
-  LEFT JOIN contact c ON c.id = :contact_id
-  LEFT JOIN template t ON t.key = :template_key
+  LEFT JOIN contact c ON c.id = %(contact_id)s
+  LEFT JOIN template t ON t.key = %(template_key)s
 )
 SELECT snd.*, chk.*,
   EXISTS (
@@ -149,42 +151,83 @@ SELECT snd.*, chk.*,
   ) AS suppressed,
   coalesce((
     SELECT cn.granted FROM consent cn
-    WHERE cn.contact_id = :contact_id AND cn.category = chk.eff_category
+    WHERE cn.contact_id = %(contact_id)s AND cn.category = chk.eff_category
     ORDER BY cn.at DESC, cn.id DESC LIMIT 1
   ), false) AS granted
 FROM snd CROSS JOIN chk
-""")
+"""
 
 # `sending`, the attempt counted, and the message's tracked links, in one statement (the
 # data-modifying CTE runs whether or not the INSERT reads it).
-_MARK_SENDING = text("""\
+_MARK_SENDING = """\
 WITH upd AS (
-  UPDATE send SET status = 'sending', attempts = attempts + 1, email_hash = :email_hash,
-                  detail = NULL, category = :category
-  WHERE id = :send_id RETURNING attempts
+  UPDATE send SET status = 'sending', attempts = attempts + 1, email_hash = %(email_hash)s,
+                  detail = NULL, category = %(category)s
+  WHERE id = %(send_id)s RETURNING attempts
 )
 INSERT INTO tracked_link (id, send_id, kind, name, url)
-SELECT l.id, :send_id, l.kind, l.name, l.url
-FROM unnest(CAST(:ids AS text[]), CAST(:kinds AS text[]), CAST(:names AS text[]),
-            CAST(:urls AS text[])) AS l(id, kind, name, url)
+SELECT l.id, %(send_id)s, l.kind, l.name, l.url
+FROM unnest(CAST(%(ids)s AS text[]), CAST(%(kinds)s AS text[]), CAST(%(names)s AS text[]),
+            CAST(%(urls)s AS text[])) AS l(id, kind, name, url)
 ON CONFLICT (id) DO NOTHING
-""")
+"""
 
 # A final status, with the send's report state row made to exist and locked in the same
 # statement (ON CONFLICT DO UPDATE locks an existing row, waiting for a rollup in flight);
 # the rollup's next statement then reads a snapshot taken after the lock, as
 # services.report_rollup.rollup_sends does with its two lock statements.
-_SET_STATUS_AND_LOCK = text("""\
+_SET_STATUS_AND_LOCK = """\
 WITH upd AS (
-  UPDATE send SET status = :status, detail = :detail, category = :category,
-                  sent_at = coalesce(:sent_at, sent_at)
-  WHERE id = :send_id RETURNING id
+  UPDATE send SET status = %(status)s, detail = %(detail)s, category = %(category)s,
+                  sent_at = coalesce(%(sent_at)s, sent_at)
+  WHERE id = %(send_id)s RETURNING id
 )
 INSERT INTO report_send_state (send_id) SELECT id FROM upd
 ON CONFLICT (send_id) DO UPDATE SET send_id = EXCLUDED.send_id
-""")
+"""
+
+_RESET_RESERVED = "UPDATE send SET status = 'reserved', detail = %(detail)s WHERE id = %(send_id)s"
+_IN_OUTBOX = "SELECT id FROM outbox_message WHERE message_id = %(message_id)s LIMIT 1"
+_UNLOCK = "SELECT pg_advisory_unlock(%(key)s)"
 
 _SEND_COLUMNS = tuple(Send.model_fields)
+
+
+@dataclass
+class _Held:
+    """One attempt's connection, holding the send's advisory lock: the ORM session for the
+    rare paths (a bounce's suppression and event), the driver connection for the hot path."""
+
+    session: AsyncSession
+    raw: Any  # psycopg AsyncConnection under the session's connection
+    lock_key: int
+    released: bool = False
+
+    async def pipelined(
+        self, statements: Sequence[tuple[str, Mapping[str, Any]]], *, unlock: bool = False
+    ) -> list[dict[str, Any] | None]:
+        """BEGIN, the statements, COMMIT (then, with unlock, the send's lock released after
+        the commit) sent together in psycopg's pipeline mode instead of waiting for each
+        answer. PostgreSQL still runs them one after another, each statement with its own
+        snapshot, as if sent one by one; a failing statement rolls the transaction back.
+        Returns each statement's first row (None when it returns none)."""
+        raw = self.raw
+        if raw.info.transaction_status != TransactionStatus.IDLE:
+            # An ORM transaction is open on this connection: committing here would end it.
+            raise RuntimeError("pipelined transaction inside an open transaction")
+        cursors = []
+        async with raw.pipeline():
+            async with raw.transaction():
+                for sql, params in statements:
+                    cur = raw.cursor(row_factory=dict_row)
+                    await cur.execute(sql, params)
+                    cursors.append(cur)
+            if unlock:
+                async with raw.transaction():
+                    await raw.execute(_UNLOCK, {"key": self.lock_key})
+        if unlock:
+            self.released = True
+        return [await c.fetchone() if c.description else None for c in cursors]
 
 
 @asynccontextmanager
@@ -230,21 +273,21 @@ class SendActivities:
     @activity.defn(name="send_email")
     async def send_email(self, inp: SendInput) -> SendResult:
         send_key = send_key_of(inp)
-        async with _heartbeating(), self._locked(send_key) as session:
-            ctx = ServiceContext(session, self.settings, _temporal_client())
-            return await self._attempt(ctx, inp, send_key)
+        async with _heartbeating(), self._locked(send_key) as held:
+            ctx = ServiceContext(held.session, self.settings, _temporal_client())
+            return await self._attempt(ctx, held, inp, send_key)
 
     @asynccontextmanager
-    async def _locked(self, send_key: str) -> AsyncIterator[AsyncSession]:
-        """A session on one connection for the whole attempt, holding the send's advisory
-        lock. The lock belongs to the connection, not the transaction: it outlives the
-        attempt's commits. Taking and releasing it are single autocommit round trips on
-        the driver connection, outside any transaction (no BEGIN/COMMIT around them)."""
+    async def _locked(self, send_key: str) -> AsyncIterator[_Held]:
+        """One connection for the whole attempt, holding the send's advisory lock. The
+        lock belongs to the connection, not the transaction: it outlives the attempt's
+        commits. It is taken with one autocommit statement (no BEGIN/COMMIT around it) and
+        released with the attempt's last commit, or here when the attempt ended otherwise."""
         key = _lock_key(send_key)
         async with self.db.engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             assert raw is not None
-            session = AsyncSession(bind=conn, expire_on_commit=False)
+            held = _Held(AsyncSession(bind=conn, expire_on_commit=False), raw, key)
             got = False
             try:
                 got = await _autocommit_scalar(raw, "SELECT pg_try_advisory_lock(%s)", key)
@@ -253,33 +296,38 @@ class SendActivities:
                     raise ApplicationError(
                         "another attempt of this send is still running", type="SendBusy"
                     )
-                yield session
+                yield held
             finally:
                 try:
-                    await session.close()  # rolls back whatever the attempt left open
-                    if got:
+                    await held.session.close()  # rolls back whatever the attempt left open
+                    if raw.info.transaction_status != TransactionStatus.IDLE:
+                        await raw.rollback()  # a pipelined transaction that failed
+                    if got and not held.released:
                         await _autocommit_scalar(raw, "SELECT pg_advisory_unlock(%s)", key)
                 except Exception:
                     # Never hand a connection that may still hold the lock back to the pool.
                     await conn.invalidate()
 
-    async def _attempt(self, ctx: ServiceContext, inp: SendInput, send_key: str) -> SendResult:
-        s = ctx.session
-        row = await self._reserve_and_check(s, inp, send_key)
+    async def _attempt(
+        self, ctx: ServiceContext, held: _Held, inp: SendInput, send_key: str
+    ) -> SendResult:
+        row = await self._reserve_and_check(held, inp, send_key)
         send = Send(**{k: row[k] for k in _SEND_COLUMNS})
         if send.status in FINAL:
             return SendResult(send.status, send.id, send.detail)
         if send.status == "sending":
-            settled = await self._settle_interrupted(s, send)
+            settled = await self._settle_interrupted(held, send)
             if settled is not None:
                 return settled
 
         if row["c_id"] is None or row["c_deleted_at"] is not None:
-            return await self._finish(s, send, "blocked", "contact_deleted")
+            return await self._finish(held, send, "blocked", "contact_deleted")
         if not row["c_email"]:
-            return await self._finish(s, send, "blocked", "no_email")
+            return await self._finish(held, send, "blocked", "no_email")
         if row["t_key"] is None:
-            return await self._finish(s, send, "failed", f"template {inp.template_key!r} not found")
+            return await self._finish(
+                held, send, "failed", f"template {inp.template_key!r} not found"
+            )
         contact = Contact(
             id=row["c_id"],
             external_id=row["c_external_id"],
@@ -305,10 +353,11 @@ class SendActivities:
         else:  # a contact stored without its hash: look the address up the long way
             hashed = email_hash(contact.email, ctx.pepper)
             suppressed = await find_suppression(ctx, hashed, send.category) is not None
+            await ctx.session.commit()  # ends the read, before the pipelined transactions
         if suppressed:
-            return await self._finish(s, send, "blocked", "suppressed")
+            return await self._finish(held, send, "blocked", "suppressed")
         if not (send.category and row["granted"]):
-            return await self._finish(s, send, "blocked", "no_consent")
+            return await self._finish(held, send, "blocked", "no_consent")
 
         now = utcnow()
         try:
@@ -322,25 +371,28 @@ class SendActivities:
                 dkim_key=self.dkim_key,
             )
         except TemplateRenderError as exc:
-            return await self._finish(s, send, "failed", str(exc))
+            return await self._finish(held, send, "failed", str(exc))
         except ValueError as exc:
             # build_message names the offending field, never its value.
-            return await self._finish(s, send, "failed", f"message: {exc}")
+            return await self._finish(held, send, "failed", f"message: {exc}")
 
         links = composed.links.rows
-        await s.execute(
-            _MARK_SENDING,
-            {
-                "send_id": send.id,
-                "email_hash": hashed,
-                "category": send.category,
-                "ids": [r.id for r in links],
-                "kinds": [r.kind for r in links],
-                "names": [r.name for r in links],
-                "urls": [r.url for r in links],
-            },
+        await held.pipelined(
+            [
+                (
+                    _MARK_SENDING,
+                    {
+                        "send_id": send.id,
+                        "email_hash": hashed,
+                        "category": send.category,
+                        "ids": [r.id for r in links],
+                        "kinds": [r.kind for r in links],
+                        "names": [r.name for r in links],
+                        "urls": [r.url for r in links],
+                    },
+                )
+            ]
         )
-        await s.commit()
         send.status, send.detail = "sending", None
         send.attempts, send.email_hash = send.attempts + 1, hashed
 
@@ -349,57 +401,54 @@ class SendActivities:
         except TransientSmtpError as exc:
             if not exc.delivered_unknown:
                 # The relay certainly did not take it: the next attempt starts afresh.
-                await s.execute(
-                    text("UPDATE send SET status = 'reserved', detail = :detail WHERE id = :id"),
-                    {"detail": exc.detail, "id": send.id},
+                await held.pipelined(
+                    [(_RESET_RESERVED, {"detail": exc.detail, "send_id": send.id})]
                 )
-                await s.commit()
             # Otherwise stay `sending`: the next attempt settles it (see module doc).
             raise ApplicationError(
                 f"transient SMTP failure ({exc.detail})", type="SmtpTransient"
             ) from None
         except PermanentSmtpError as exc:
             return await self._permanent_failure(ctx, send, hashed, exc)
-        return await self._finish(s, send, "sent", None)
+        return await self._finish(held, send, "sent", None)
 
     async def _reserve_and_check(
-        self, s: AsyncSession, inp: SendInput, send_key: str
-    ) -> RowMapping:
+        self, held: _Held, inp: SendInput, send_key: str
+    ) -> dict[str, Any]:
         """The ledger row (the frequency-cap check, activities.lookups.send_cap, may have
-        reserved it already) with what the checks need; one statement, then a commit.
-        A new row is committed under the contact's cap lock, so the cap decisions of the
-        contact's other runs (capped journeys) count this send from now on."""
-        result = await s.execute(
-            _RESERVE_AND_CHECK,
-            {
-                "id": send_id_for(send_key),
-                "send_key": send_key,
-                "run_id": inp.run_id,
-                "journey_key": inp.journey_key,
-                "version": inp.version,
-                "step": inp.step,
-                "visit": inp.visit,
-                "contact_id": inp.contact_id,
-                "template_key": inp.template_key,
-                "category": inp.category,
-                "message_id": message_id_for(send_key, self.settings.mail_domain),
-                "created_at": utcnow(),
-                "cap_key": cap_lock_key(inp.contact_id),
-            },
+        reserved it already) with what the checks need; one statement in its own
+        transaction. A new row is committed under the contact's cap lock, so the cap
+        decisions of the contact's other runs (capped journeys) count this send from now on."""
+        [row] = await held.pipelined(
+            [
+                (
+                    _RESERVE_AND_CHECK,
+                    {
+                        "id": send_id_for(send_key),
+                        "send_key": send_key,
+                        "run_id": inp.run_id,
+                        "journey_key": inp.journey_key,
+                        "version": inp.version,
+                        "step": inp.step,
+                        "visit": inp.visit,
+                        "contact_id": inp.contact_id,
+                        "template_key": inp.template_key,
+                        "category": inp.category,
+                        "message_id": message_id_for(send_key, self.settings.mail_domain),
+                        "created_at": utcnow(),
+                        "cap_key": cap_lock_key(inp.contact_id),
+                    },
+                )
+            ]
         )
-        row = result.mappings().one()
-        await s.commit()
+        assert row is not None
         return row
 
-    async def _settle_interrupted(self, s: AsyncSession, send: Send) -> SendResult | None:
+    async def _settle_interrupted(self, held: _Held, send: Send) -> SendResult | None:
         """A previous attempt died after `sending` was committed (module doc)."""
-        in_outbox = (
-            await s.exec(
-                select(OutboxMessage.id).where(OutboxMessage.message_id == send.message_id)
-            )
-        ).first()
+        [in_outbox] = await held.pipelined([(_IN_OUTBOX, {"message_id": send.message_id})])
         if in_outbox is not None:
-            return await self._finish(s, send, "sent", "recovered")
+            return await self._finish(held, send, "sent", "recovered")
         builtin = self.settings.smtp_builtin_sink
         if builtin is None:
             try:
@@ -412,34 +461,39 @@ class SendActivities:
         if builtin:
             return None  # the sink never stored it: it did not accept it, send again
         log.warning("send %s interrupted during SMTP; marked uncertain, not resent", send.id)
-        return await self._finish(s, send, "uncertain", "interrupted_during_smtp")
+        return await self._finish(held, send, "uncertain", "interrupted_during_smtp")
 
-    async def _set_status(
-        self, s: AsyncSession, send: Send, status: str, detail: str | None
-    ) -> None:
-        """A final status and the report counters that move with it, before the caller's
-        commit: two statements (the counters' lock rides on the status update)."""
+    def _status_statements(
+        self, send: Send, status: str, detail: str | None
+    ) -> list[tuple[str, Mapping[str, Any]]]:
+        """A final status and the report counters that move with it: two statements (the
+        counters' lock rides on the status update), for the caller's transaction."""
         send.status = status
         send.detail = detail
         if status == "sent":
             send.sent_at = utcnow()
-        await s.execute(
-            _SET_STATUS_AND_LOCK,
-            {
-                "send_id": send.id,
-                "status": status,
-                "detail": detail,
-                "category": send.category,
-                "sent_at": send.sent_at if status == "sent" else None,
-            },
-        )
-        await rollup_sends_locked(s, ids([send.id]))
+        return [
+            (
+                _SET_STATUS_AND_LOCK,
+                {
+                    "send_id": send.id,
+                    "status": status,
+                    "detail": detail,
+                    "category": send.category,
+                    "sent_at": send.sent_at if status == "sent" else None,
+                },
+            ),
+            (SEND_ROLLUP_ONE, {"send_id": send.id}),
+        ]
 
     async def _permanent_failure(
         self, ctx: ServiceContext, send: Send, hashed: str, exc: PermanentSmtpError
     ) -> SendResult:
         detail = f"smtp_{exc.code}" + (f"_{exc.enhanced}" if exc.enhanced else "")
-        await self._set_status(ctx.session, send, "failed", detail)
+        # In the session's transaction: the bounce's suppression and event commit with it.
+        conn = await ctx.session.connection()
+        for sql, params in self._status_statements(send, "failed", detail):
+            await conn.exec_driver_sql(sql, dict(params))
         if not exc.bad_mailbox:
             await ctx.session.commit()
             return SendResult("failed", send.id, send.detail)
@@ -463,12 +517,10 @@ class SendActivities:
         )
         return SendResult("failed", send.id, send.detail)
 
-    async def _finish(
-        self, s: AsyncSession, send: Send, status: str, detail: str | None
-    ) -> SendResult:
-        # report counters move with the status, atomically
-        await self._set_status(s, send, status, detail)
-        await s.commit()
+    async def _finish(self, held: _Held, send: Send, status: str, detail: str | None) -> SendResult:
+        """The status with its report counters, committed, and the send's lock released,
+        in one round trip."""
+        await held.pipelined(self._status_statements(send, status, detail), unlock=True)
         return SendResult(status, send.id, detail)
 
 

@@ -263,6 +263,11 @@ async def rollup_sends_locked(session: AsyncSession, sel: Selection) -> None:
     await _exec(session, _SENDS.format(sel=sel.sql), sel)
 
 
+# rollup_sends_locked for one send, as driver-level SQL (psycopg's %(send_id)s parameter),
+# for the send path's pipelined transactions (activities.sending).
+SEND_ROLLUP_ONE = _SENDS.format(sel="SELECT CAST(%(send_id)s AS text)")
+
+
 async def on_send_status(session: AsyncSession, send: Any) -> None:
     """After a send's status, delivery (bounced/complained) or unsubscribed_at changed."""
     await rollup_sends(session, ids([_id(send)]))
