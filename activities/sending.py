@@ -122,8 +122,9 @@ _RESERVE_AND_CHECK = """\
 WITH ins AS (
   INSERT INTO send (id, send_key, run_id, journey_key, version, step, visit, contact_id,
                     template_key, category, message_id, status, attempts, created_at)
-  SELECT %(id)s, %(send_key)s, %(run_id)s, %(journey_key)s, %(version)s, %(step)s, %(visit)s, %(contact_id)s,
-         %(template_key)s, %(category)s, %(message_id)s, 'reserved', 0, %(created_at)s
+  SELECT %(id)s, %(send_key)s, %(run_id)s, %(journey_key)s, %(version)s, %(step)s,
+         %(visit)s, %(contact_id)s, %(template_key)s, %(category)s, %(message_id)s,
+         'reserved', 0, %(created_at)s
   WHERE (SELECT pg_advisory_xact_lock(%(cap_key)s)::text) IS NOT NULL
   ON CONFLICT (send_key) DO NOTHING
   RETURNING *

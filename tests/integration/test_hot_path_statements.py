@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest_asyncio
 from psycopg.pq import Trace
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlmodel import select
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
@@ -18,8 +18,11 @@ from temporalio.testing import ActivityEnvironment
 from activities.runs import RunActivities
 from core.config import Settings
 from core.db import Database
-from core.models import StepLog, utcnow
+from core.models import Send, StepLog, utcnow
 from devstack.smtp_sink import SmtpSink
+from services.context import ServiceContext
+from services.identity import email_hash
+from services.suppressions import suppress
 from tests.integration.sending_support import (
     activities_for,
     new_contact,
@@ -127,3 +130,28 @@ async def test_recording_an_ended_run_makes_few_statements_sent(
     # BEGIN; run row + step log + run state lock; step counters; run counters; segment
     # list; COMMIT. (Before: 11, in two transactions.)
     assert len(seen) <= 6, "\n".join(seen)
+
+
+async def test_a_contact_stored_without_its_hash_is_still_checked(
+    db: Database, env: Settings
+) -> None:
+    """The one-statement check reads the stored hash; a contact without one (written
+    around the services) takes the long way and is still blocked when suppressed."""
+    acts = activities_for(db, env)
+    contact = await new_contact(db, env)
+    await set_grant(db, env, contact.id, CAT)
+    tpl = await new_template(db)
+    async with db.session() as s:
+        ctx = ServiceContext(s, env)
+        assert contact.email is not None
+        await suppress(ctx, email_hash(contact.email, ctx.pepper), CAT, "manual", "test")
+        await s.commit()
+        await s.exec(  # type: ignore[call-overload]
+            text("UPDATE contact SET email_hash = NULL WHERE id = :id"), params={"id": contact.id}
+        )
+        await s.commit()
+    result = await run_send(acts, send_input(contact.id, tpl.key))
+    assert (result.status, result.detail) == ("blocked", "suppressed")
+    async with db.session() as s:
+        send = await s.get(Send, result.send_id)
+    assert send is not None and send.status == "blocked" and send.category == CAT
