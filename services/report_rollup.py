@@ -256,15 +256,10 @@ async def rollup_sends(session: AsyncSession, sel: Selection) -> None:
     await _exec(session, _SENDS.format(sel=sel.sql), sel)
 
 
-async def rollup_sends_locked(session: AsyncSession, sel: Selection) -> None:
-    """rollup_sends for callers that already made the selected sends' state rows exist and
-    locked them in an earlier statement of their transaction (the send path does it with
-    its status update: activities.sending); one statement instead of three."""
-    await _exec(session, _SENDS.format(sel=sel.sql), sel)
-
-
-# rollup_sends_locked for one send, as driver-level SQL (psycopg's %(send_id)s parameter),
-# for the send path's pipelined transactions (activities.sending).
+# The send counters' statement for one send whose state row the caller already made exist
+# and locked earlier in its transaction (the send path does it with its status update,
+# activities.sending): driver-level SQL (psycopg's %(send_id)s parameter), for the send
+# path's pipelined transactions.
 SEND_ROLLUP_ONE = _SENDS.format(sel="SELECT CAST(%(send_id)s AS text)")
 
 
