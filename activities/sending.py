@@ -26,12 +26,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import text
+from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.client import Client
@@ -41,16 +43,14 @@ from activities.compose import DkimKey, compose, load_dkim
 from activities.smtp import PermanentSmtpError, SmtpTransport, TransientSmtpError
 from core.config import Settings
 from core.db import Database
-from core.models import Contact, OutboxMessage, Send, Template, utcnow
+from core.models import Contact, Send, Template, utcnow
 from mail.message import message_id_for
 from mail.render import TemplateRenderError
-from services.consents import has_valid_grant
 from services.context import ServiceContext
 from services.identity import email_hash
 from services.mail_outcomes import record_outcome
-from services.report_rollup import on_send_status
+from services.report_rollup import SEND_ROLLUP_ONE
 from services.suppressions import find_suppression
-from services.tracking_links import save_links
 from workflows.types import SendInput, SendResult
 
 log = logging.getLogger("journeys.sending")
@@ -109,6 +109,128 @@ def cap_lock_key(contact_id: str) -> int:
     return _advisory_key(b"journeys/cap-lock", contact_id)
 
 
+# The hot path's statements, written once as driver-level SQL (psycopg's %(name)s
+# parameters): no ORM statement building per send, one statement where the ORM path took
+# several, and sent in pipelined transactions (_Held.pipelined).
+
+# Reserve the ledger row under the contact's cap lock (taken before the INSERT: the
+# one-time filter is evaluated first) and read, in the same statement, the row (new or
+# earlier), the contact, the template and the SPEC section 7 checks: a suppression of the
+# address for the category or globally, and whether the newest consent is a grant. The
+# send's own advisory lock was taken by the statement before, so this snapshot follows it.
+_RESERVE_AND_CHECK = """\
+WITH ins AS (
+  INSERT INTO send (id, send_key, run_id, journey_key, version, step, visit, contact_id,
+                    template_key, category, message_id, status, attempts, created_at)
+  SELECT %(id)s, %(send_key)s, %(run_id)s, %(journey_key)s, %(version)s, %(step)s,
+         %(visit)s, %(contact_id)s, %(template_key)s, %(category)s, %(message_id)s,
+         'reserved', 0, %(created_at)s
+  WHERE (SELECT pg_advisory_xact_lock(%(cap_key)s)::text) IS NOT NULL
+  ON CONFLICT (send_key) DO NOTHING
+  RETURNING *
+), snd AS (
+  SELECT * FROM ins
+  UNION ALL
+  SELECT * FROM send WHERE send_key = %(send_key)s AND NOT EXISTS (SELECT 1 FROM ins)
+), chk AS (
+  SELECT c.id AS c_id, c.external_id AS c_external_id, c.email AS c_email,
+         c.email_hash AS c_email_hash, c.timezone AS c_timezone,
+         c.attributes AS c_attributes, c.deleted_at AS c_deleted_at,
+         t.key AS t_key, t.subject AS t_subject, t.html AS t_html, t.text AS t_text,
+         t.category AS t_category, t.track_opens AS t_track_opens,
+         t.track_clicks AS t_track_clicks,
+         coalesce(nullif(%(category)s, ''), t.category) AS eff_category
+  FROM (SELECT 1) AS one
+  LEFT JOIN contact c ON c.id = %(contact_id)s
+  LEFT JOIN template t ON t.key = %(template_key)s
+)
+SELECT snd.*, chk.*,
+  EXISTS (
+    SELECT 1 FROM suppression sp
+    WHERE sp.email_hash = chk.c_email_hash
+      AND (chk.eff_category IS NULL OR sp.category IN ('*', chk.eff_category))
+  ) AS suppressed,
+  coalesce((
+    SELECT cn.granted FROM consent cn
+    WHERE cn.contact_id = %(contact_id)s AND cn.category = chk.eff_category
+    ORDER BY cn.at DESC, cn.id DESC LIMIT 1
+  ), false) AS granted
+FROM snd CROSS JOIN chk
+"""
+
+# `sending`, the attempt counted, and the message's tracked links, in one statement (the
+# data-modifying CTE runs whether or not the INSERT reads it).
+_MARK_SENDING = """\
+WITH upd AS (
+  UPDATE send SET status = 'sending', attempts = attempts + 1, email_hash = %(email_hash)s,
+                  detail = NULL, category = %(category)s
+  WHERE id = %(send_id)s RETURNING attempts
+)
+INSERT INTO tracked_link (id, send_id, kind, name, url)
+SELECT l.id, %(send_id)s, l.kind, l.name, l.url
+FROM unnest(CAST(%(ids)s AS text[]), CAST(%(kinds)s AS text[]), CAST(%(names)s AS text[]),
+            CAST(%(urls)s AS text[])) AS l(id, kind, name, url)
+ON CONFLICT (id) DO NOTHING
+"""
+
+# A final status, with the send's report state row made to exist and locked in the same
+# statement (ON CONFLICT DO UPDATE locks an existing row, waiting for a rollup in flight);
+# the rollup's next statement then reads a snapshot taken after the lock, as
+# services.report_rollup.rollup_sends does with its two lock statements.
+_SET_STATUS_AND_LOCK = """\
+WITH upd AS (
+  UPDATE send SET status = %(status)s, detail = %(detail)s, category = %(category)s,
+                  sent_at = coalesce(%(sent_at)s, sent_at)
+  WHERE id = %(send_id)s RETURNING id
+)
+INSERT INTO report_send_state (send_id) SELECT id FROM upd
+ON CONFLICT (send_id) DO UPDATE SET send_id = EXCLUDED.send_id
+"""
+
+_RESET_RESERVED = "UPDATE send SET status = 'reserved', detail = %(detail)s WHERE id = %(send_id)s"
+_IN_OUTBOX = "SELECT id FROM outbox_message WHERE message_id = %(message_id)s LIMIT 1"
+_UNLOCK = "SELECT pg_advisory_unlock(%(key)s)"
+
+_SEND_COLUMNS = tuple(Send.model_fields)
+
+
+@dataclass
+class _Held:
+    """One attempt's connection, holding the send's advisory lock: the ORM session for the
+    rare paths (a bounce's suppression and event), the driver connection for the hot path."""
+
+    session: AsyncSession
+    raw: Any  # psycopg AsyncConnection under the session's connection
+    lock_key: int
+    released: bool = False
+
+    async def pipelined(
+        self, statements: Sequence[tuple[str, Mapping[str, Any]]], *, unlock: bool = False
+    ) -> list[dict[str, Any] | None]:
+        """BEGIN, the statements, COMMIT (then, with unlock, the send's lock released after
+        the commit) sent together in psycopg's pipeline mode instead of waiting for each
+        answer. PostgreSQL still runs them one after another, each statement with its own
+        snapshot, as if sent one by one; a failing statement rolls the transaction back.
+        Returns each statement's first row (None when it returns none)."""
+        raw = self.raw
+        if raw.info.transaction_status != TransactionStatus.IDLE:
+            # An ORM transaction is open on this connection: committing here would end it.
+            raise RuntimeError("pipelined transaction inside an open transaction")
+        cursors = []
+        async with raw.pipeline():
+            async with raw.transaction():
+                for sql, params in statements:
+                    cur = raw.cursor(row_factory=dict_row)
+                    await cur.execute(sql, params)
+                    cursors.append(cur)
+            if unlock:
+                async with raw.transaction():
+                    await raw.execute(_UNLOCK, {"key": self.lock_key})
+        if unlock:
+            self.released = True
+        return [await c.fetchone() if c.description else None for c in cursors]
+
+
 @asynccontextmanager
 async def _heartbeating() -> AsyncIterator[None]:
     """Heartbeat while the attempt runs, so a dead worker is noticed in seconds rather
@@ -152,71 +274,91 @@ class SendActivities:
     @activity.defn(name="send_email")
     async def send_email(self, inp: SendInput) -> SendResult:
         send_key = send_key_of(inp)
-        async with _heartbeating(), self._locked(send_key) as session:
-            ctx = ServiceContext(session, self.settings, _temporal_client())
-            return await self._attempt(ctx, inp, send_key)
+        async with _heartbeating(), self._locked(send_key) as held:
+            ctx = ServiceContext(held.session, self.settings, _temporal_client())
+            return await self._attempt(ctx, held, inp, send_key)
 
     @asynccontextmanager
-    async def _locked(self, send_key: str) -> AsyncIterator[AsyncSession]:
-        """A session on one connection for the whole attempt, holding the send's advisory
-        lock. The lock belongs to the connection, not the transaction: it is taken as the
-        first statement of the attempt's first transaction and outlives its commits."""
+    async def _locked(self, send_key: str) -> AsyncIterator[_Held]:
+        """One connection for the whole attempt, holding the send's advisory lock. The
+        lock belongs to the connection, not the transaction: it outlives the attempt's
+        commits. It is taken with one autocommit statement (no BEGIN/COMMIT around it) and
+        released with the attempt's last commit, or here when the attempt ended otherwise."""
         key = _lock_key(send_key)
         async with self.db.engine.connect() as conn:
-            session = AsyncSession(bind=conn, expire_on_commit=False)
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            held = _Held(AsyncSession(bind=conn, expire_on_commit=False), raw, key)
             got = False
             try:
-                lock = text("SELECT pg_try_advisory_lock(:k)").bindparams(k=key)
-                got = bool((await session.exec(lock)).scalar())  # type: ignore[call-overload]
+                got = await _autocommit_scalar(raw, "SELECT pg_try_advisory_lock(%s)", key)
                 if not got:
                     # Another attempt of this send still runs (one that timed out but lives on).
                     raise ApplicationError(
                         "another attempt of this send is still running", type="SendBusy"
                     )
-                yield session
+                yield held
             finally:
                 try:
-                    await session.close()  # rolls back whatever the attempt left open
-                    if got:
-                        await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                        await conn.commit()
+                    await held.session.close()  # rolls back whatever the attempt left open
+                    if raw.info.transaction_status != TransactionStatus.IDLE:
+                        await raw.rollback()  # a pipelined transaction that failed
+                    if got and not held.released:
+                        await _autocommit_scalar(raw, "SELECT pg_advisory_unlock(%s)", key)
                 except Exception:
                     # Never hand a connection that may still hold the lock back to the pool.
                     await conn.invalidate()
 
-    async def _attempt(self, ctx: ServiceContext, inp: SendInput, send_key: str) -> SendResult:
-        s = ctx.session
-        send = await self._reserve(s, inp, send_key)
+    async def _attempt(
+        self, ctx: ServiceContext, held: _Held, inp: SendInput, send_key: str
+    ) -> SendResult:
+        row = await self._reserve_and_check(held, inp, send_key)
+        send = Send(**{k: row[k] for k in _SEND_COLUMNS})
         if send.status in FINAL:
             return SendResult(send.status, send.id, send.detail)
         if send.status == "sending":
-            settled = await self._settle_interrupted(s, send)
+            settled = await self._settle_interrupted(held, send)
             if settled is not None:
                 return settled
 
-        # Contact and template in one round trip; apart when one is missing (to say which).
-        both = (
-            await s.exec(
-                select(Contact, Template).where(
-                    Contact.id == inp.contact_id, Template.key == inp.template_key
-                )
+        if row["c_id"] is None or row["c_deleted_at"] is not None:
+            return await self._finish(held, send, "blocked", "contact_deleted")
+        if not row["c_email"]:
+            return await self._finish(held, send, "blocked", "no_email")
+        if row["t_key"] is None:
+            return await self._finish(
+                held, send, "failed", f"template {inp.template_key!r} not found"
             )
-        ).first()
-        contact, template = both if both else (await s.get(Contact, inp.contact_id), None)
-        if contact is None or contact.deleted_at is not None:
-            return await self._finish(s, send, "blocked", "contact_deleted")
-        if not contact.email:
-            return await self._finish(s, send, "blocked", "no_email")
-        template = template or await s.get(Template, inp.template_key)
-        if template is None:
-            return await self._finish(s, send, "failed", f"template {inp.template_key!r} not found")
-        send.category = inp.category or template.category
-        hashed = contact.email_hash or email_hash(contact.email, ctx.pepper)
-        # The checks of SPEC section 7, at the moment of sending, under the send's lock.
-        if await find_suppression(ctx, hashed, send.category) is not None:
-            return await self._finish(s, send, "blocked", "suppressed")
-        if not await has_valid_grant(ctx, contact.id, send.category):
-            return await self._finish(s, send, "blocked", "no_consent")
+        contact = Contact(
+            id=row["c_id"],
+            external_id=row["c_external_id"],
+            email=row["c_email"],
+            email_hash=row["c_email_hash"],
+            timezone=row["c_timezone"],
+            attributes=row["c_attributes"] or {},
+        )
+        template = Template(
+            key=row["t_key"],
+            subject=row["t_subject"],
+            html=row["t_html"],
+            text=row["t_text"],
+            category=row["t_category"],
+            track_opens=row["t_track_opens"],
+            track_clicks=row["t_track_clicks"],
+        )
+        assert contact.email is not None
+        send.category = row["eff_category"]
+        # The checks of SPEC section 7, read under the send's lock with the reservation.
+        if contact.email_hash:
+            hashed, suppressed = contact.email_hash, bool(row["suppressed"])
+        else:  # a contact stored without its hash: look the address up the long way
+            hashed = email_hash(contact.email, ctx.pepper)
+            suppressed = await find_suppression(ctx, hashed, send.category) is not None
+            await ctx.session.commit()  # ends the read, before the pipelined transactions
+        if suppressed:
+            return await self._finish(held, send, "blocked", "suppressed")
+        if not (send.category and row["granted"]):
+            return await self._finish(held, send, "blocked", "no_consent")
 
         now = utcnow()
         try:
@@ -230,56 +372,84 @@ class SendActivities:
                 dkim_key=self.dkim_key,
             )
         except TemplateRenderError as exc:
-            return await self._finish(s, send, "failed", str(exc))
+            return await self._finish(held, send, "failed", str(exc))
         except ValueError as exc:
             # build_message names the offending field, never its value.
-            return await self._finish(s, send, "failed", f"message: {exc}")
+            return await self._finish(held, send, "failed", f"message: {exc}")
 
-        send.status = "sending"
-        send.attempts += 1
-        send.email_hash = hashed
-        send.detail = None
-        s.add(send)
-        await save_links(s, composed.links)
-        await s.commit()
+        links = composed.links.rows
+        await held.pipelined(
+            [
+                (
+                    _MARK_SENDING,
+                    {
+                        "send_id": send.id,
+                        "email_hash": hashed,
+                        "category": send.category,
+                        "ids": [r.id for r in links],
+                        "kinds": [r.kind for r in links],
+                        "names": [r.name for r in links],
+                        "urls": [r.url for r in links],
+                    },
+                )
+            ]
+        )
+        send.status, send.detail = "sending", None
+        send.attempts, send.email_hash = send.attempts + 1, hashed
 
         try:
             await self.transport.send(self.settings.envelope_sender, contact.email, composed.raw)
         except TransientSmtpError as exc:
             if not exc.delivered_unknown:
                 # The relay certainly did not take it: the next attempt starts afresh.
-                send.status, send.detail = "reserved", exc.detail
-                s.add(send)
-                await s.commit()
+                await held.pipelined(
+                    [(_RESET_RESERVED, {"detail": exc.detail, "send_id": send.id})]
+                )
             # Otherwise stay `sending`: the next attempt settles it (see module doc).
             raise ApplicationError(
                 f"transient SMTP failure ({exc.detail})", type="SmtpTransient"
             ) from None
         except PermanentSmtpError as exc:
             return await self._permanent_failure(ctx, send, hashed, exc)
-        return await self._finish(s, send, "sent", None)
+        return await self._finish(held, send, "sent", None)
 
-    async def _reserve(self, s: AsyncSession, inp: SendInput, send_key: str) -> Send:
-        # The frequency-cap check (activities.lookups.send_cap) may have reserved it already.
-        # A new row is committed under the contact's cap lock, so the cap decisions of the
-        # contact's other runs (capped journeys) count this send from now on.
-        lock = text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=cap_lock_key(inp.contact_id))
-        await s.exec(lock)  # type: ignore[call-overload]
-        send = await insert_reservation(s, inp, self.settings.mail_domain)
-        await s.commit()
-        if send is None:  # a later attempt: the row is there
-            send = (await s.exec(select(Send).where(Send.send_key == send_key))).one()
-        return send
+    async def _reserve_and_check(
+        self, held: _Held, inp: SendInput, send_key: str
+    ) -> dict[str, Any]:
+        """The ledger row (the frequency-cap check, activities.lookups.send_cap, may have
+        reserved it already) with what the checks need; one statement in its own
+        transaction. A new row is committed under the contact's cap lock, so the cap
+        decisions of the contact's other runs (capped journeys) count this send from now on."""
+        [row] = await held.pipelined(
+            [
+                (
+                    _RESERVE_AND_CHECK,
+                    {
+                        "id": send_id_for(send_key),
+                        "send_key": send_key,
+                        "run_id": inp.run_id,
+                        "journey_key": inp.journey_key,
+                        "version": inp.version,
+                        "step": inp.step,
+                        "visit": inp.visit,
+                        "contact_id": inp.contact_id,
+                        "template_key": inp.template_key,
+                        "category": inp.category,
+                        "message_id": message_id_for(send_key, self.settings.mail_domain),
+                        "created_at": utcnow(),
+                        "cap_key": cap_lock_key(inp.contact_id),
+                    },
+                )
+            ]
+        )
+        assert row is not None
+        return row
 
-    async def _settle_interrupted(self, s: AsyncSession, send: Send) -> SendResult | None:
+    async def _settle_interrupted(self, held: _Held, send: Send) -> SendResult | None:
         """A previous attempt died after `sending` was committed (module doc)."""
-        in_outbox = (
-            await s.exec(
-                select(OutboxMessage.id).where(OutboxMessage.message_id == send.message_id)
-            )
-        ).first()
+        [in_outbox] = await held.pipelined([(_IN_OUTBOX, {"message_id": send.message_id})])
         if in_outbox is not None:
-            return await self._finish(s, send, "sent", "recovered")
+            return await self._finish(held, send, "sent", "recovered")
         builtin = self.settings.smtp_builtin_sink
         if builtin is None:
             try:
@@ -292,16 +462,39 @@ class SendActivities:
         if builtin:
             return None  # the sink never stored it: it did not accept it, send again
         log.warning("send %s interrupted during SMTP; marked uncertain, not resent", send.id)
-        return await self._finish(s, send, "uncertain", "interrupted_during_smtp")
+        return await self._finish(held, send, "uncertain", "interrupted_during_smtp")
+
+    def _status_statements(
+        self, send: Send, status: str, detail: str | None
+    ) -> list[tuple[str, Mapping[str, Any]]]:
+        """A final status and the report counters that move with it: two statements (the
+        counters' lock rides on the status update), for the caller's transaction."""
+        send.status = status
+        send.detail = detail
+        if status == "sent":
+            send.sent_at = utcnow()
+        return [
+            (
+                _SET_STATUS_AND_LOCK,
+                {
+                    "send_id": send.id,
+                    "status": status,
+                    "detail": detail,
+                    "category": send.category,
+                    "sent_at": send.sent_at if status == "sent" else None,
+                },
+            ),
+            (SEND_ROLLUP_ONE, {"send_id": send.id}),
+        ]
 
     async def _permanent_failure(
         self, ctx: ServiceContext, send: Send, hashed: str, exc: PermanentSmtpError
     ) -> SendResult:
-        send.status = "failed"
-        send.detail = f"smtp_{exc.code}" + (f"_{exc.enhanced}" if exc.enhanced else "")
-        ctx.session.add(send)
-        await ctx.session.flush()
-        await on_send_status(ctx.session, send.id)
+        detail = f"smtp_{exc.code}" + (f"_{exc.enhanced}" if exc.enhanced else "")
+        # In the session's transaction: the bounce's suppression and event commit with it.
+        conn = await ctx.session.connection()
+        for sql, params in self._status_statements(send, "failed", detail):
+            await conn.exec_driver_sql(sql, dict(params))
         if not exc.bad_mailbox:
             await ctx.session.commit()
             return SendResult("failed", send.id, send.detail)
@@ -325,15 +518,20 @@ class SendActivities:
         )
         return SendResult("failed", send.id, send.detail)
 
-    async def _finish(
-        self, s: AsyncSession, send: Send, status: str, detail: str | None
-    ) -> SendResult:
-        send.status = status
-        send.detail = detail
-        if status == "sent":
-            send.sent_at = utcnow()
-        s.add(send)
-        await s.flush()
-        await on_send_status(s, send.id)  # report counters move with the status, atomically
-        await s.commit()
+    async def _finish(self, held: _Held, send: Send, status: str, detail: str | None) -> SendResult:
+        """The status with its report counters, committed, and the send's lock released,
+        in one round trip."""
+        await held.pipelined(self._status_statements(send, status, detail), unlock=True)
         return SendResult(status, send.id, detail)
+
+
+async def _autocommit_scalar(conn: Any, sql: str, *params: Any) -> Any:
+    """One statement outside any transaction on a psycopg connection that has none open
+    (between the attempt's commits): one round trip, no BEGIN/COMMIT."""
+    await conn.set_autocommit(True)
+    try:
+        cur = await conn.execute(sql, params)
+        row = await cur.fetchone()
+    finally:
+        await conn.set_autocommit(False)
+    return row[0] if row else None

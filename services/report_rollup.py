@@ -134,16 +134,16 @@ async def on_steps_recorded(session: AsyncSession, run_id: str, records: Iterabl
 
 
 def _lock(table: str, pk: str, keys: str) -> list[str]:
-    """Make sure each run/send in `keys` has a state row, then lock those rows in id order.
+    """Make sure each run/send in `keys` has a state row and lock those rows in id order,
+    in one statement: ON CONFLICT DO UPDATE locks a row that exists (waiting for a rollup
+    in flight to commit), and a row it inserts is its own until commit.
 
     The lock serialises concurrent rollups of one run/send; the next statement's fresh
     snapshot then sees what a rollup that finished meanwhile stored.
     """
     return [
         f"INSERT INTO {table} ({pk}) SELECT DISTINCT k FROM ({keys}) AS keys(k) "
-        "ORDER BY 1 ON CONFLICT DO NOTHING",
-        f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {pk} IN ({keys}) "
-        f"ORDER BY {pk} FOR UPDATE) AS locked",
+        f"ORDER BY 1 ON CONFLICT ({pk}) DO UPDATE SET {pk} = EXCLUDED.{pk}",
     ]
 
 
@@ -189,6 +189,13 @@ async def rollup_runs(session: AsyncSession, sel: Selection) -> None:
     """Runs started, ended by exit reason, and goal conversions."""
     for sql in _lock("report_run_state", "run_id", f"SELECT id FROM run WHERE id IN ({sel.sql})"):
         await _exec(session, sql, sel)
+    await _exec(session, _RUNS.format(sel=sel.sql), sel)
+
+
+async def rollup_runs_locked(session: AsyncSession, sel: Selection) -> None:
+    """rollup_runs for callers that already made the selected runs' state rows exist and
+    locked them in an earlier statement of their transaction (activities.runs does it
+    with the run row's upsert); one statement instead of two."""
     await _exec(session, _RUNS.format(sel=sel.sql), sel)
 
 
@@ -247,6 +254,13 @@ async def rollup_sends(session: AsyncSession, sel: Selection) -> None:
     ):
         await _exec(session, sql, sel)
     await _exec(session, _SENDS.format(sel=sel.sql), sel)
+
+
+# The send counters' statement for one send whose state row the caller already made exist
+# and locked earlier in its transaction (the send path does it with its status update,
+# activities.sending): driver-level SQL (psycopg's %(send_id)s parameter), for the send
+# path's pipelined transactions.
+SEND_ROLLUP_ONE = _SENDS.format(sel="SELECT CAST(%(send_id)s AS text)")
 
 
 async def on_send_status(session: AsyncSession, send: Any) -> None:

@@ -1,6 +1,10 @@
-"""Dataclasses that cross the workflow/activity boundary. Ids only, never PHI."""
+"""Dataclasses that cross the workflow/activity boundary. Ids only, never PHI.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: Temporal's JSON converter calls
+typing.get_type_hints on a dataclass for every payload it decodes, and evaluating string
+annotations made that 4-6x slower (~0.6 ms of worker CPU per journey run). A class used in
+an annotation must therefore be defined above its use.
+"""
 
 from dataclasses import dataclass, field
 from datetime import datetime
