@@ -38,7 +38,6 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import text, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
@@ -48,7 +47,7 @@ from temporalio.service import RPCError
 from core.models import Event, JourneyVersion, Run, utcnow
 from services import reentry
 from services.context import ServiceContext
-from services.enrollment import run_row, start
+from services.enrollment import insert_runs, run_row, start
 from services.entry_hooks import contacts_changed
 from services.temporal_errors import refusal_code, run_not_found, transient
 from services.triggers import Entry, trigger_index
@@ -240,7 +239,9 @@ class _Origins:
                         attrs = e.workflow_execution_signaled_event_attributes
                         if attrs.signal_name != "event":
                             continue
-                        got = await self._decode(attrs.input.payloads, EventSignal)
+                        got = await self._decode(
+                            attrs.input.payloads, EventSignal, handle.run_id or wid
+                        )
                         if got is None:
                             unreadable = True
                         elif got.event_id == ev.id:
@@ -254,12 +255,19 @@ class _Origins:
             return None  # past the namespace's retention
         return None  # a chain longer than we read: cannot tell
 
-    async def _decode(self, payloads: Sequence[Payload], kind: type[_T]) -> _T | None:
+    async def _decode(self, payloads: Sequence[Payload], kind: type[_T], run_id: str) -> _T | None:
         """One payload as `kind`; None when it cannot be read (e.g. its codec key is
         gone): the caller then cannot tell, rather than failing the whole delivery."""
         try:
             got = await self.client.data_converter.decode(payloads, [kind])
-        except Exception:
+        except Exception as exc:
+            # Type and opaque ids only: the payload (and the error's text) may hold PHI.
+            log.warning(
+                "cannot decode a %s payload of run %s (%s); treated as unknown",
+                kind.__name__,
+                run_id,
+                type(exc).__name__,
+            )
             return None
         return got[0] if got and isinstance(got[0], kind) else None
 
@@ -275,7 +283,7 @@ class _Origins:
         try:
             async for first in handle.fetch_history_events(page_size=1):
                 payloads = first.workflow_execution_started_event_attributes.input.payloads
-                inp = await self._decode(payloads, JourneyInput)
+                inp = await self._decode(payloads, JourneyInput, run.run_id)
                 return inp.trigger_event_id if inp is not None else _UNKNOWN
         except RPCError as err:
             if not run_not_found(err):
@@ -620,14 +628,7 @@ async def _insert_runs(ctx: ServiceContext, writes: _Writes) -> None:
     """Run rows of the runs started, with their trigger event (the workflow's own first
     record may have written the row already: the trigger is added to it), and triggers
     learnt from Temporal for rows that lacked them."""
-    if writes.runs:
-        stmt = insert(Run).values(writes.runs)
-        await ctx.session.exec(  # type: ignore[call-overload]
-            stmt.on_conflict_do_update(
-                index_elements=["id"],
-                set_={"trigger_event_id": stmt.excluded.trigger_event_id},
-            )
-        )
+    await insert_runs(ctx, writes.runs, commit=False, set_trigger=True)
     if writes.triggers:
         await ctx.session.execute(
             text(
