@@ -21,9 +21,11 @@ journey this event started on a try whose outcome was never recorded (the proces
 is found by the run's trigger event (run.trigger_event_id, or the run's input in Temporal)
 and not started again; a closed run that was running when the event arrived is read back
 from its history (did a lost try signal it?) before the event may start a new one. The
-sweep tries it again with backoff. A call Temporal refuses for
-good (a configuration or data problem: services.temporal_errors) is recorded per journey
-as `failed` with a reason code, logged, and not tried again.
+sweep tries it again with backoff. A call Temporal refuses because the deployment is set
+up wrong (namespace not found, PERMISSION_DENIED, UNAUTHENTICATED) is tried again the same
+way (pending, with its reason code) and logged loudly on each try; one it refuses for good
+(a data problem: services.temporal_errors) is recorded per journey as `failed` with a
+reason code, logged, and not tried again.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from services import reentry
 from services.context import ServiceContext
 from services.enrollment import insert_runs, run_row, start
 from services.entry_hooks import contacts_changed
-from services.temporal_errors import refusal_code, run_not_found, transient
+from services.temporal_errors import misconfigured, refusal_code, run_not_found, transient
 from services.triggers import Entry, trigger_index
 from workflows.journey import workflow_id
 from workflows.types import EventSignal, JourneyInput
@@ -99,6 +101,9 @@ class Reach:
     skipped: dict[str, str] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)  # journeys Temporal did not take yet
     refused: dict[str, str] = field(default_factory=dict)  # journey -> reason code; final
+    # Of `failed`: journey -> reason code when Temporal refused the call for a configuration
+    # an operator must fix (retried all the same).
+    misconfigured: dict[str, str] = field(default_factory=dict)
 
     def settled(self) -> set[str]:
         """Journeys this event is done with: a later try leaves them alone."""
@@ -126,7 +131,11 @@ class Reach:
                     {"journey": k, "action": "failed", "reason": r}
                     for k, r in sorted(self.refused.items())
                 ]
-                + [{"journey": k, "action": "pending"} for k in sorted(set(self.failed))]
+                + [
+                    {"journey": k, "action": "pending"}
+                    | ({"reason": self.misconfigured[k]} if k in self.misconfigured else {})
+                    for k in sorted(set(self.failed))
+                ]
             ),
         }
         return out
@@ -524,6 +533,9 @@ async def _deliver(
         except Exception as exc:
             if transient(exc):
                 reach.failed.append(key)
+            elif misconfigured(exc):  # retried: an operator fixes the configuration
+                reach.failed.append(key)
+                reach.misconfigured[key] = refusal_code(exc)
             elif isinstance(exc, RPCError):
                 reach.refused[key] = refusal_code(exc)
             else:
@@ -604,11 +616,18 @@ async def _record(
     pending = sum(1 for r in reaches if r.failed)
     if pending:
         log.warning(
-            "%d of %d events not delivered (Temporal unreachable); retried later",
+            "%d of %d events not delivered (Temporal unreachable or misconfigured); retried later",
             pending,
             len(events),
         )
     for ev, reach in zip(events, reaches, strict=True):
+        if reach.misconfigured:  # loudly, once per try of each event; ids and codes only
+            log.error(
+                "event %s: Temporal refused delivery to %s: check TEMPORAL_NAMESPACE and "
+                "the credentials; retried with backoff until fixed",
+                ev.id,
+                ", ".join(f"{k} ({r})" for k, r in sorted(reach.misconfigured.items())),
+            )
         if reach.refused:  # ids and status codes only
             log.error(
                 "event %s: Temporal refused delivery to %s; not retried",

@@ -5,8 +5,8 @@
   event's start, and this event's own lost start is not repeated;
 - journeys an earlier try signalled or skipped are not reached again, even when their run
   closed in between (no re-entry the event never earned);
-- a Temporal refusal no retry cures (here: the namespace does not exist) is recorded per
-  journey with a reason code, answered 202 `dispatch: failed`, and not retried."""
+- a Temporal refusal of a misconfigured deployment (here: the namespace does not exist)
+  leaves the event pending with the reason code (202), and it is delivered once fixed."""
 
 from __future__ import annotations
 
@@ -217,13 +217,15 @@ async def api_wrong_namespace(
         yield c
 
 
-async def test_a_temporal_refusal_is_recorded_per_journey_and_not_retried(
+async def test_a_misconfigured_namespace_leaves_the_event_pending_until_fixed(
     api: httpx.AsyncClient,
     api_wrong_namespace: httpx.AsyncClient,
     db: Database,
     settings: Settings,
     temporal: Client,
 ) -> None:
+    """A deploy with a wrong namespace (or expired credentials) must not lose the events it
+    receives: they stay pending with the reason, and are delivered once it is fixed."""
     t = tag()
     name = f"misconf_{t}"
     hold = await published(api, definition(f"hold-{t}"))
@@ -238,28 +240,38 @@ async def test_a_temporal_refusal_is_recorded_per_journey_and_not_retried(
     )
     assert r.status_code == 202, r.text
     body = r.json()
-    assert body["dispatch"] == "failed"
+    assert body["dispatch"] == "pending"
     reason = "temporal_namespace_not_found"
     assert sorted(body["journeys"], key=lambda j: j["journey"]) == [
-        {"journey": hold, "action": "failed", "reason": reason},
-        {"journey": trig, "action": "failed", "reason": reason},
+        {"journey": hold, "action": "pending", "reason": reason},
+        {"journey": trig, "action": "pending", "reason": reason},
     ]
-    # Stored, settled (the sweep leaves it alone), and the running run is not taken for
+    # Stored, undelivered, due again with the backoff; the running run is not taken for
     # closed because its namespace was not found.
     ev = await _event(db, body["id"])
-    assert ev.dispatched_at is not None and ev.dispatch_due_at is None
-    assert ev.dispatch_result == {k: v for k, v in body.items() if k not in ("id", "duplicate")}
-    await _sweep(db, settings, temporal)
-    runs = await _runs(db, hold, cid)
-    assert [r.status for r in runs] == ["running"]
+    assert ev.dispatched_at is None and ev.dispatch_due_at is not None
+    assert ev.dispatch_attempts == 1
+    assert [r.status for r in await _runs(db, hold, cid)] == ["running"]
     assert await _runs(db, trig, cid) == []
     assert await _signals(temporal, hold, cid) == []
-    # A repeat of the key answers the same, without a second try.
+
+    # The operator fixes the namespace; once due, the sweep delivers it, exactly once.
+    await _earlier_try(db, body["id"], body["journeys"])
+    await _sweep(db, settings, temporal)
+    ev = await _event(db, body["id"])
+    assert ev.dispatch_result is not None and ev.dispatch_result["dispatch"] == "delivered"
+    assert sorted(_journeys(ev), key=lambda j: j["journey"]) == [
+        {"journey": hold, "action": "signalled"},
+        {"journey": trig, "action": "started"},
+    ]
+    assert await _signals(temporal, hold, cid) == ["event"]
+    assert len(await _runs(db, trig, cid)) == 1
+    # A repeat of the key answers what was done, without another try.
     r = await api.post(
         "/v1/events", json={"contact": {"id": cid}, "event": name, "idempotency_key": t}
     )
-    assert r.status_code == 202 and r.json()["dispatch"] == "failed"
-    assert await _signals(temporal, hold, cid) == []
+    assert r.status_code == 200 and r.json()["dispatch"] == "delivered"
+    assert await _signals(temporal, hold, cid) == ["event"]
 
 
 async def test_a_retry_after_a_lost_outcome_does_not_re_enter_a_run_that_heard_the_event(
