@@ -51,12 +51,17 @@ class RunActivities:
                 visits=inp.visits,
                 ended_at=utcnow() if ended else None,
                 goal_reached_at=inp.goal_reached_at,
+                trigger_event_id=inp.trigger_event_id,
             )
             stmt = insert(Run).values(**values)
             update = {k: v for k, v in values.items() if k not in ("id", "started_at")}
             # A conversion is recorded once; a later write never clears or moves it.
             update["goal_reached_at"] = func.coalesce(
                 Run.goal_reached_at, stmt.excluded.goal_reached_at
+            )
+            # What started the run is written once (by this or by event dispatch).
+            update["trigger_event_id"] = func.coalesce(
+                Run.trigger_event_id, stmt.excluded.trigger_event_id
             )
             await s.exec(stmt.on_conflict_do_update(index_elements=["id"], set_=update))  # type: ignore[call-overload]
             if inp.records:

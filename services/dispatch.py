@@ -18,8 +18,9 @@ stays undispatched with what did succeed kept in dispatch_result. A later try do
 what is still missing: journeys an earlier try started, signalled or skipped are left
 alone (even when their run closed in between: a delivered event earns no re-entry), and a
 journey this event started on a try whose outcome was never recorded (the process died)
-is found by the run's trigger event (run.trigger_event_id, or the run's input in Temporal)
-and not started again; a closed run that was running when the event arrived is read back
+is found by the run's trigger event (run.trigger_event_id, written by this module and by
+the run's own first record; for rows from before that column, the run's input in
+Temporal) and not started again; a closed run that was running when the event arrived is read back
 from its history (did a lost try signal it?) before the event may start a new one. The
 sweep tries it again with backoff. A call Temporal refuses because the deployment is set
 up wrong (namespace not found, PERMISSION_DENIED, UNAUTHENTICATED) is tried again the same
@@ -202,9 +203,9 @@ CLOSED_SINCE = "closed_since"
 
 
 class _Origins:
-    """Which event started a run: the run row says so when this module wrote it; a row the
-    workflow wrote first (the process died between Temporal's answer and the commit), or
-    one from before the column existed, is answered from the run's input in Temporal."""
+    """Which event started a run: the run row says so (this module and the run's own first
+    record write it); a row from before the column existed is answered from the run's input
+    in Temporal."""
 
     def __init__(
         self, client: Client, since: dict[tuple[str, str], list[_Since]], writes: _Writes

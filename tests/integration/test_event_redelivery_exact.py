@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy import update
+from sqlmodel import col
 from temporalio.client import Client
 
 from core.codec import data_converter
@@ -104,7 +106,7 @@ async def test_a_retry_knows_which_event_started_which_run(
     # `recorded`: an earlier try started the journey and said so, then failed elsewhere.
     await _earlier_try(db, recorded, [{"journey": starter, "action": "started"}])
     # `crashed`: Temporal took its start, then the process died before writing anything
-    # (the run row is the workflow's own, which does not say what started it).
+    # (the run row is the workflow's own).
     async with db.session() as s:
         v = await latest_version(ServiceContext(s, settings, temporal), starter)
     ev = await _event(db, crashed)
@@ -117,6 +119,15 @@ async def test_a_retry_knows_which_event_started_which_run(
     )
     assert out.run_id is not None
     await _all_ended(db, starter, cid, 1)
+    # The run's own record says what started it...
+    (own,) = await _runs(db, starter, cid)
+    assert own.id == out.run_id and own.trigger_event_id == crashed
+    # ...but a row from before that column does not: the retry asks Temporal (below).
+    async with db.session() as s:
+        await s.exec(  # type: ignore[call-overload]
+            update(Run).where(col(Run.id) == out.run_id).values(trigger_event_id=None)
+        )
+        await s.commit()
     # Another event starts the journey too (so a run began after `lost` arrived).
     r = await api.post("/v1/events", json={"contact": {"id": cid}, "event": name})
     assert r.status_code == 200 and r.json()["started"] == 1
