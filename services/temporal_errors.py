@@ -17,6 +17,8 @@ failure.
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 from temporalio.service import RPCError, RPCStatusCode
 
 TRANSIENT = frozenset(
@@ -64,7 +66,7 @@ def run_not_found(exc: BaseException) -> bool:
     )
 
 
-def misconfigured(exc: BaseException) -> bool:
+def misconfigured(exc: BaseException) -> TypeGuard[RPCError]:
     """Temporal refused the call because this deployment is set up wrong (namespace,
     credentials): retried (with backoff) once an operator fixes it, and logged loudly."""
     return isinstance(exc, RPCError) and (exc.status in MISCONFIGURED or namespace_not_found(exc))
