@@ -273,7 +273,7 @@ class _Origins:
         except Exception as exc:
             # Type and opaque ids only: the payload (and the error's text) may hold PHI.
             log.warning(
-                "cannot decode a %s payload of run %s (%s); treated as unknown",
+                "cannot decode a payload (%s) of run %s (%s); treated as unknown",
                 kind.__name__,
                 run_id,
                 type(exc).__name__,

@@ -5,10 +5,12 @@ the runs it could not stop."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 import pytest_asyncio
 from temporalio.client import Client
 
@@ -86,3 +88,26 @@ async def test_erasure_reports_runs_it_could_not_stop_when_the_namespace_is_miss
     async with db.session() as s:
         await _exit_runs(ServiceContext(s, settings, wrong_namespace), run.contact_id, result)
     assert result.runs_signalled == 0 and result.runs_not_signalled == [run.workflow_id]
+
+
+async def test_an_unreadable_history_payload_is_logged_by_type_and_run_not_content(
+    temporal: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redelivery's origin checks treat an unreadable payload as 'cannot tell'; it is
+    logged (error type, run id), never silently, and never with the payload's bytes."""
+    from temporalio.api.common.v1 import Payload
+
+    from core.codec import ENCODING, METADATA_ENCODING, METADATA_KEY_ID
+    from services.dispatch import _Origins, _Writes
+    from workflows.types import EventSignal
+
+    secret = b"patient@example.org"
+    bad = Payload(metadata={METADATA_ENCODING: ENCODING, METADATA_KEY_ID: b"gone-key"}, data=secret)
+    run_id = f"run-{tag()}"
+    with caplog.at_level(logging.WARNING, logger="journeys.dispatch"):
+        got = await _Origins(temporal, {}, _Writes())._decode([bad], EventSignal, run_id)
+    assert got is None
+    (record,) = [r for r in caplog.records if r.name == "journeys.dispatch"]
+    message = record.getMessage()
+    assert run_id in message and "EventSignal" in message
+    assert "patient" not in message and record.exc_info is None
