@@ -212,6 +212,10 @@ class ContactUpdateActivities:
         stored = (
             await ctx.session.exec(select(Event).where(col(Event.idempotency_key).in_(keys)))
         ).all()
+        # Detached: a delivery that breaks rolls the session back, which would expire the
+        # events still to come in this loop (read-only snapshots for dispatch).
+        for ev in stored:
+            ctx.session.expunge(ev)
         for ev in stored:
             await event_service.dispatch(ctx, ev)
 

@@ -62,6 +62,7 @@ class RunActivities:
                     "waiting_for": None if inp.waiting_for is None else json.dumps(inp.waiting_for),
                     "visits": json.dumps(inp.visits),
                     "goal_reached_at": inp.goal_reached_at,
+                    "trigger_event_id": inp.trigger_event_id,
                     "now": utcnow(),
                     "ended": ended,
                     "seqs": [r.seq for r in records],
@@ -96,17 +97,20 @@ WITH old AS (SELECT status FROM run WHERE id = :id),
 up AS (
   INSERT INTO run AS r (id, journey_key, version, contact_id, workflow_id, status, step,
                         exit_reason, waiting_for, visits, goal_reached_at, started_at,
-                        ended_at)
+                        ended_at, trigger_event_id)
   VALUES (:id, :journey_key, :version, :contact_id, :workflow_id, :status, :step,
           :exit_reason, CAST(:waiting_for AS jsonb), CAST(:visits AS jsonb),
-          :goal_reached_at, :now, CASE WHEN :ended THEN CAST(:now AS timestamptz) END)
+          :goal_reached_at, :now, CASE WHEN :ended THEN CAST(:now AS timestamptz) END,
+          :trigger_event_id)
   ON CONFLICT (id) DO UPDATE SET
     journey_key = EXCLUDED.journey_key, version = EXCLUDED.version,
     contact_id = EXCLUDED.contact_id, workflow_id = EXCLUDED.workflow_id,
     status = EXCLUDED.status, step = EXCLUDED.step, exit_reason = EXCLUDED.exit_reason,
     waiting_for = EXCLUDED.waiting_for, visits = EXCLUDED.visits,
     ended_at = EXCLUDED.ended_at,
-    goal_reached_at = coalesce(r.goal_reached_at, EXCLUDED.goal_reached_at)
+    goal_reached_at = coalesce(r.goal_reached_at, EXCLUDED.goal_reached_at),
+    -- what started the run is written once (by this record or by event dispatch)
+    trigger_event_id = coalesce(r.trigger_event_id, EXCLUDED.trigger_event_id)
   RETURNING 1
 ), logged AS (
   INSERT INTO step_log (run_id, seq, journey_key, version, contact_id, step, visit, action,

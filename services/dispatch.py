@@ -18,12 +18,15 @@ stays undispatched with what did succeed kept in dispatch_result. A later try do
 what is still missing: journeys an earlier try started, signalled or skipped are left
 alone (even when their run closed in between: a delivered event earns no re-entry), and a
 journey this event started on a try whose outcome was never recorded (the process died)
-is found by the run's trigger event (run.trigger_event_id, or the run's input in Temporal)
-and not started again; a closed run that was running when the event arrived is read back
+is found by the run's trigger event (run.trigger_event_id, written by this module and by
+the run's own first record; for rows from before that column, the run's input in
+Temporal) and not started again; a closed run that was running when the event arrived is read back
 from its history (did a lost try signal it?) before the event may start a new one. The
-sweep tries it again with backoff. A call Temporal refuses for
-good (a configuration or data problem: services.temporal_errors) is recorded per journey
-as `failed` with a reason code, logged, and not tried again.
+sweep tries it again with backoff. A call Temporal refuses because the deployment is set
+up wrong (namespace not found, PERMISSION_DENIED, UNAUTHENTICATED) is tried again the same
+way (pending, with its reason code) and logged loudly on each try; one it refuses for good
+(a data problem: services.temporal_errors) is recorded per journey as `failed` with a
+reason code, logged, and not tried again.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import text, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
@@ -48,9 +50,9 @@ from temporalio.service import RPCError
 from core.models import Event, JourneyVersion, Run, utcnow
 from services import reentry
 from services.context import ServiceContext
-from services.enrollment import run_row, start
+from services.enrollment import insert_runs, run_row, start
 from services.entry_hooks import contacts_changed
-from services.temporal_errors import refusal_code, run_not_found, transient
+from services.temporal_errors import misconfigured, refusal_code, run_not_found, transient
 from services.triggers import Entry, trigger_index
 from workflows.journey import workflow_id
 from workflows.types import EventSignal, JourneyInput
@@ -100,6 +102,9 @@ class Reach:
     skipped: dict[str, str] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)  # journeys Temporal did not take yet
     refused: dict[str, str] = field(default_factory=dict)  # journey -> reason code; final
+    # Of `failed`: journey -> reason code when Temporal refused the call for a configuration
+    # an operator must fix (retried all the same).
+    misconfigured: dict[str, str] = field(default_factory=dict)
 
     def settled(self) -> set[str]:
         """Journeys this event is done with: a later try leaves them alone."""
@@ -127,7 +132,11 @@ class Reach:
                     {"journey": k, "action": "failed", "reason": r}
                     for k, r in sorted(self.refused.items())
                 ]
-                + [{"journey": k, "action": "pending"} for k in sorted(set(self.failed))]
+                + [
+                    {"journey": k, "action": "pending"}
+                    | ({"reason": self.misconfigured[k]} if k in self.misconfigured else {})
+                    for k in sorted(set(self.failed))
+                ]
             ),
         }
         return out
@@ -194,9 +203,9 @@ CLOSED_SINCE = "closed_since"
 
 
 class _Origins:
-    """Which event started a run: the run row says so when this module wrote it; a row the
-    workflow wrote first (the process died between Temporal's answer and the commit), or
-    one from before the column existed, is answered from the run's input in Temporal."""
+    """Which event started a run: the run row says so (this module and the run's own first
+    record write it); a row from before the column existed is answered from the run's input
+    in Temporal."""
 
     def __init__(
         self, client: Client, since: dict[tuple[str, str], list[_Since]], writes: _Writes
@@ -240,7 +249,9 @@ class _Origins:
                         attrs = e.workflow_execution_signaled_event_attributes
                         if attrs.signal_name != "event":
                             continue
-                        got = await self._decode(attrs.input.payloads, EventSignal)
+                        got = await self._decode(
+                            attrs.input.payloads, EventSignal, handle.run_id or wid
+                        )
                         if got is None:
                             unreadable = True
                         elif got.event_id == ev.id:
@@ -254,12 +265,19 @@ class _Origins:
             return None  # past the namespace's retention
         return None  # a chain longer than we read: cannot tell
 
-    async def _decode(self, payloads: Sequence[Payload], kind: type[_T]) -> _T | None:
+    async def _decode(self, payloads: Sequence[Payload], kind: type[_T], run_id: str) -> _T | None:
         """One payload as `kind`; None when it cannot be read (e.g. its codec key is
         gone): the caller then cannot tell, rather than failing the whole delivery."""
         try:
             got = await self.client.data_converter.decode(payloads, [kind])
-        except Exception:
+        except Exception as exc:
+            # Type and opaque ids only: the payload (and the error's text) may hold PHI.
+            log.warning(
+                "cannot decode a payload (%s) of run %s (%s); treated as unknown",
+                kind.__name__,
+                run_id,
+                type(exc).__name__,
+            )
             return None
         return got[0] if got and isinstance(got[0], kind) else None
 
@@ -275,7 +293,7 @@ class _Origins:
         try:
             async for first in handle.fetch_history_events(page_size=1):
                 payloads = first.workflow_execution_started_event_attributes.input.payloads
-                inp = await self._decode(payloads, JourneyInput)
+                inp = await self._decode(payloads, JourneyInput, run.run_id)
                 return inp.trigger_event_id if inp is not None else _UNKNOWN
         except RPCError as err:
             if not run_not_found(err):
@@ -516,6 +534,9 @@ async def _deliver(
         except Exception as exc:
             if transient(exc):
                 reach.failed.append(key)
+            elif misconfigured(exc):  # retried: an operator fixes the configuration
+                reach.failed.append(key)
+                reach.misconfigured[key] = refusal_code(exc)
             elif isinstance(exc, RPCError):
                 reach.refused[key] = refusal_code(exc)
             else:
@@ -596,11 +617,18 @@ async def _record(
     pending = sum(1 for r in reaches if r.failed)
     if pending:
         log.warning(
-            "%d of %d events not delivered (Temporal unreachable); retried later",
+            "%d of %d events not delivered (Temporal unreachable or misconfigured); retried later",
             pending,
             len(events),
         )
     for ev, reach in zip(events, reaches, strict=True):
+        if reach.misconfigured:  # loudly, once per try of each event; ids and codes only
+            log.error(
+                "event %s: Temporal refused delivery to %s: check TEMPORAL_NAMESPACE and "
+                "the credentials; retried with backoff until fixed",
+                ev.id,
+                ", ".join(f"{k} ({r})" for k, r in sorted(reach.misconfigured.items())),
+            )
         if reach.refused:  # ids and status codes only
             log.error(
                 "event %s: Temporal refused delivery to %s; not retried",
@@ -620,14 +648,7 @@ async def _insert_runs(ctx: ServiceContext, writes: _Writes) -> None:
     """Run rows of the runs started, with their trigger event (the workflow's own first
     record may have written the row already: the trigger is added to it), and triggers
     learnt from Temporal for rows that lacked them."""
-    if writes.runs:
-        stmt = insert(Run).values(writes.runs)
-        await ctx.session.exec(  # type: ignore[call-overload]
-            stmt.on_conflict_do_update(
-                index_elements=["id"],
-                set_={"trigger_event_id": stmt.excluded.trigger_event_id},
-            )
-        )
+    await insert_runs(ctx, writes.runs, commit=False, set_trigger=True)
     if writes.triggers:
         await ctx.session.execute(
             text(

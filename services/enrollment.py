@@ -242,11 +242,23 @@ def run_row(v: JourneyVersion, contact_id: str, run_id: str) -> dict[str, Any]:
     )
 
 
-async def insert_runs(ctx: ServiceContext, rows: list[dict[str, Any]], commit: bool = True) -> None:
-    """The run rows of runs just started; the workflow's own record_steps may have won."""
+async def insert_runs(
+    ctx: ServiceContext,
+    rows: list[dict[str, Any]],
+    commit: bool = True,
+    *,
+    set_trigger: bool = False,
+) -> None:
+    """The run rows of runs just started; the workflow's own record_steps may have won.
+    set_trigger: a row it wrote first still gets the rows' trigger_event_id."""
     if rows:
+        stmt = insert(Run).values(rows)
         await ctx.session.exec(  # type: ignore[call-overload]
-            insert(Run).values(rows).on_conflict_do_nothing(index_elements=["id"])
+            stmt.on_conflict_do_update(
+                index_elements=["id"], set_={"trigger_event_id": stmt.excluded.trigger_event_id}
+            )
+            if set_trigger
+            else stmt.on_conflict_do_nothing(index_elements=["id"])
         )
     if commit:
         await ctx.session.commit()

@@ -122,7 +122,12 @@ async def _dispatch_stored(ctx: ServiceContext, events: Sequence[Event]) -> list
     try:
         return await dispatch_events(ctx, events)
     except Exception as exc:
-        await ctx.session.rollback()  # (releases the event rows' locks)
+        # The rollback (which releases the event rows' locks) expires every object loaded
+        # in the session; the caller's events are detached first so they stay readable.
+        for ev in events:
+            if ev in ctx.session:
+                ctx.session.expunge(ev)
+        await ctx.session.rollback()
         log.error(
             "dispatch of %d stored events failed (%s); the redelivery sweep retries",
             len(events),
@@ -263,13 +268,16 @@ async def ingest_many(
     for ev, new in stored:
         if new or (ev.dispatched_at is None and ev.received_at < due):
             todo.setdefault(ev.id, ev)
+    # What the answer needs, read before dispatching: a delivery that breaks rolls the
+    # session back, which expires the repeated keys' events loaded by store_events.
+    answers = [(ev.id, new, ev.dispatch_result) for ev, new in stored]
     # Temporal not answering leaves events pending (the sweep delivers them), not an error.
     delivered = await _dispatch_stored(ctx, list(todo.values()))
     outcomes = dict(zip(todo, delivered, strict=True))
     results: list[dict[str, Any]] = []
-    for ev, new in stored:
-        outcome = outcomes.get(ev.id) or ev.dispatch_result or {"dispatch": "pending"}
-        results.append({"id": ev.id, "duplicate": not new, **outcome})
+    for ev_id, new, prior in answers:
+        outcome = outcomes.get(ev_id) or prior or {"dispatch": "pending"}
+        results.append({"id": ev_id, "duplicate": not new, **outcome})
     return results
 
 

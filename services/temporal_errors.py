@@ -1,17 +1,23 @@
-"""Which Temporal call failures are worth trying again, and which are a configuration or
-data problem that no retry will cure.
+"""Which Temporal call failures are worth trying again, and which are a data problem that
+no retry will cure.
 
 Transient: the server or the path to it is down, overloaded or restarting (UNAVAILABLE,
 DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, CANCELLED), a lazily connected client
 that never reached it, and INTERNAL / UNKNOWN, which a server answers for passing
 persistence faults and a proxy for reset connections (giving up on those would lose
-events; retrying a real bug is bounded and logged). Everything else (INVALID_ARGUMENT,
-PERMISSION_DENIED, UNAUTHENTICATED, FAILED_PRECONDITION, UNIMPLEMENTED, the namespace not
-found, ...) is permanent. NOT_FOUND of a workflow is neither: the run has closed, which
-callers handle as an answer, not a failure.
+events; retrying a real bug is bounded and logged). Misconfigured: the namespace not
+found, PERMISSION_DENIED, UNAUTHENTICATED: this deployment's configuration or credentials
+are wrong (a wrong TEMPORAL_NAMESPACE, an expired certificate or key); an operator fixes
+that, so these are retried like transient failures (giving up would lose every event
+received meanwhile) and logged loudly. Everything else (INVALID_ARGUMENT,
+FAILED_PRECONDITION, UNIMPLEMENTED, ...) is about the call itself and permanent. NOT_FOUND
+of a workflow is neither: the run has closed, which callers handle as an answer, not a
+failure.
 """
 
 from __future__ import annotations
+
+from typing import TypeGuard
 
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -26,6 +32,8 @@ TRANSIENT = frozenset(
         RPCStatusCode.UNKNOWN,
     }
 )
+# Refusals an operator cures by fixing the deployment's configuration or credentials.
+MISCONFIGURED = frozenset({RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNAUTHENTICATED})
 _NAMESPACE_NOT_FOUND = "NamespaceNotFoundFailure"
 
 
@@ -58,9 +66,20 @@ def run_not_found(exc: BaseException) -> bool:
     )
 
 
+def misconfigured(exc: BaseException) -> TypeGuard[RPCError]:
+    """Temporal refused the call because this deployment is set up wrong (namespace,
+    credentials): retried (with backoff) once an operator fixes it, and logged loudly."""
+    return isinstance(exc, RPCError) and (exc.status in MISCONFIGURED or namespace_not_found(exc))
+
+
+def retryable(exc: BaseException) -> bool:
+    """Worth trying again later: transient, or a configuration an operator will fix."""
+    return transient(exc) or misconfigured(exc)
+
+
 def permanent(exc: BaseException) -> bool:
-    """A Temporal refusal no retry cures (configuration or data): record, log, stop."""
-    return isinstance(exc, RPCError) and not transient(exc) and not run_not_found(exc)
+    """A Temporal refusal no retry cures (the call's data): record, log, stop."""
+    return isinstance(exc, RPCError) and not retryable(exc) and not run_not_found(exc)
 
 
 def refusal_code(exc: RPCError) -> str:

@@ -63,7 +63,7 @@ from services.network_list import ActiveList, NetworkListCache
 from services.report_rollup import ids as rollup_ids
 from services.report_rollup import rollup_tracking
 from services.segment_membership import on_contacts_changed
-from services.temporal_errors import refusal_code, run_not_found, transient
+from services.temporal_errors import misconfigured, refusal_code, run_not_found, transient
 from services.tracking_buffer import NOTIFY_CHANNEL, libpq_url
 from workflows.types import EngagementSignal
 
@@ -79,7 +79,8 @@ LISTENER_NAME = "journeys-judge"  # + "-<pid>": the listener in pg_stat_activity
 SIGNAL_SENT = "sent"
 SIGNAL_RUN_ENDED = "run_ended"  # the run that sent the message is no longer running
 SIGNAL_NO_RUN = "no_run"  # the message was not sent by a run (or its run row is gone)
-# Temporal refused the signal for good (services.temporal_errors): "refused:<reason code>".
+# Temporal refused the signal for good (services.temporal_errors.permanent; a misconfigured
+# namespace or credentials are retried instead): "refused:<reason code>".
 SIGNAL_REFUSED = "refused"
 SIGNAL_RPC_TIMEOUT = timedelta(seconds=5)
 
@@ -745,7 +746,15 @@ class TrackingJudge:
             if transient(exc):
                 log.warning("engagement signal not delivered (%s); will retry", exc.status.name)
                 return None
-            # A configuration or data problem: retrying for ever would not cure it.
+            if misconfigured(exc):  # an operator fixes it: stays queued, loudly
+                log.error(
+                    "engagement signal %s refused by Temporal (%s): check TEMPORAL_NAMESPACE "
+                    "and the credentials; will retry",
+                    event.id,
+                    refusal_code(exc),
+                )
+                return None
+            # A data problem: retrying for ever would not cure it.
             log.error(
                 "engagement signal %s refused by Temporal (%s); not retried",
                 event.id,

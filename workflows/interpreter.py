@@ -225,6 +225,7 @@ class Interpreter:
             exit_reason=self.state.exit_reason,
             waiting_for=self.waiting_for,
             goal_reached_at=self.state.goal_reached_at,
+            trigger_event_id=self.inp.trigger_event_id,  # (activity input only: no command)
         )
         if not self.batched:
             await self.call("record_steps", inp, type(None))

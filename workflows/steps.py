@@ -286,8 +286,8 @@ class StepRunner(Interpreter):
                         # Decided by counting sends still in flight as sent (stuck too long,
                         # or still unsettled after the looks): the record says so.
                         outcome = CAP_ASSUMED_SENT
-                    elif counted.basis == CAP_BY_IN_FLIGHT:
-                        next_allowed = min(next_allowed, now)  # before the patch: "look again"
+                    # Unpatched (replaying a run from before the patch): the recorded
+                    # next_allowed_at is used as is, exactly as that code did.
                     if cap.action == "skip":
                         self.log(name, visit, "skipped", outcome)
                         return step.next

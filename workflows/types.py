@@ -104,6 +104,8 @@ class RecordInput:
     exit_reason: str | None = None
     waiting_for: dict[str, Any] | None = None
     goal_reached_at: datetime | None = None  # a conversion; never cleared once set
+    # The event that started the run (JourneyInput.trigger_event_id); the row keeps the first.
+    trigger_event_id: str | None = None
 
 
 @dataclass

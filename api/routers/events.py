@@ -33,9 +33,9 @@ EventsBody = Body(
 
 def _accepted(response: Response, results: list[dict[str, Any]]) -> None:
     """202 when some event is stored but not (fully) delivered: `pending` (Temporal
-    unreachable; the redelivery sweep delivers it) or `failed` (Temporal refused a call
-    for good, e.g. a misconfigured namespace; each journey says why). 200 when everything
-    was delivered."""
+    unreachable or misconfigured, e.g. a wrong namespace; the redelivery sweep delivers it)
+    or `failed` (Temporal refused a call for good because of the call's data; each journey
+    says why). 200 when everything was delivered."""
     if any(r.get("dispatch") in ("pending", "failed") for r in results):
         response.status_code = 202
 
@@ -54,9 +54,10 @@ async def post_events(
 ) -> dict[str, Any]:
     """Store events and deliver them: start every journey they trigger (signal-with-start)
     and signal every running run of the contact. Answers 202 with `dispatch: pending` for
-    events stored while Temporal does not answer (they are delivered when it is back), and
-    with `dispatch: failed` when Temporal refused a call for good (each journey's `reason`
-    says why; not retried)."""
+    events stored while Temporal does not answer or refuses this deployment's namespace or
+    credentials (each such journey's `reason` says why; they are delivered once it is back
+    or fixed), and with `dispatch: failed` when Temporal refused a call for good (each
+    journey's `reason` says why; not retried)."""
     if isinstance(body, dict) and "events" in body:
         items = body["events"]
         if not isinstance(items, list) or not items:

@@ -5,8 +5,8 @@
   event's start, and this event's own lost start is not repeated;
 - journeys an earlier try signalled or skipped are not reached again, even when their run
   closed in between (no re-entry the event never earned);
-- a Temporal refusal no retry cures (here: the namespace does not exist) is recorded per
-  journey with a reason code, answered 202 `dispatch: failed`, and not retried."""
+- a Temporal refusal of a misconfigured deployment (here: the namespace does not exist)
+  leaves the event pending with the reason code (202), and it is delivered once fixed."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy import update
+from sqlmodel import col
 from temporalio.client import Client
 
 from core.codec import data_converter
@@ -104,7 +106,7 @@ async def test_a_retry_knows_which_event_started_which_run(
     # `recorded`: an earlier try started the journey and said so, then failed elsewhere.
     await _earlier_try(db, recorded, [{"journey": starter, "action": "started"}])
     # `crashed`: Temporal took its start, then the process died before writing anything
-    # (the run row is the workflow's own, which does not say what started it).
+    # (the run row is the workflow's own).
     async with db.session() as s:
         v = await latest_version(ServiceContext(s, settings, temporal), starter)
     ev = await _event(db, crashed)
@@ -117,6 +119,15 @@ async def test_a_retry_knows_which_event_started_which_run(
     )
     assert out.run_id is not None
     await _all_ended(db, starter, cid, 1)
+    # The run's own record says what started it...
+    (own,) = await _runs(db, starter, cid)
+    assert own.id == out.run_id and own.trigger_event_id == crashed
+    # ...but a row from before that column does not: the retry asks Temporal (below).
+    async with db.session() as s:
+        await s.exec(  # type: ignore[call-overload]
+            update(Run).where(col(Run.id) == out.run_id).values(trigger_event_id=None)
+        )
+        await s.commit()
     # Another event starts the journey too (so a run began after `lost` arrived).
     r = await api.post("/v1/events", json={"contact": {"id": cid}, "event": name})
     assert r.status_code == 200 and r.json()["started"] == 1
@@ -217,13 +228,15 @@ async def api_wrong_namespace(
         yield c
 
 
-async def test_a_temporal_refusal_is_recorded_per_journey_and_not_retried(
+async def test_a_misconfigured_namespace_leaves_the_event_pending_until_fixed(
     api: httpx.AsyncClient,
     api_wrong_namespace: httpx.AsyncClient,
     db: Database,
     settings: Settings,
     temporal: Client,
 ) -> None:
+    """A deploy with a wrong namespace (or expired credentials) must not lose the events it
+    receives: they stay pending with the reason, and are delivered once it is fixed."""
     t = tag()
     name = f"misconf_{t}"
     hold = await published(api, definition(f"hold-{t}"))
@@ -238,28 +251,38 @@ async def test_a_temporal_refusal_is_recorded_per_journey_and_not_retried(
     )
     assert r.status_code == 202, r.text
     body = r.json()
-    assert body["dispatch"] == "failed"
+    assert body["dispatch"] == "pending"
     reason = "temporal_namespace_not_found"
     assert sorted(body["journeys"], key=lambda j: j["journey"]) == [
-        {"journey": hold, "action": "failed", "reason": reason},
-        {"journey": trig, "action": "failed", "reason": reason},
+        {"journey": hold, "action": "pending", "reason": reason},
+        {"journey": trig, "action": "pending", "reason": reason},
     ]
-    # Stored, settled (the sweep leaves it alone), and the running run is not taken for
+    # Stored, undelivered, due again with the backoff; the running run is not taken for
     # closed because its namespace was not found.
     ev = await _event(db, body["id"])
-    assert ev.dispatched_at is not None and ev.dispatch_due_at is None
-    assert ev.dispatch_result == {k: v for k, v in body.items() if k not in ("id", "duplicate")}
-    await _sweep(db, settings, temporal)
-    runs = await _runs(db, hold, cid)
-    assert [r.status for r in runs] == ["running"]
+    assert ev.dispatched_at is None and ev.dispatch_due_at is not None
+    assert ev.dispatch_attempts == 1
+    assert [r.status for r in await _runs(db, hold, cid)] == ["running"]
     assert await _runs(db, trig, cid) == []
     assert await _signals(temporal, hold, cid) == []
-    # A repeat of the key answers the same, without a second try.
+
+    # The operator fixes the namespace; once due, the sweep delivers it, exactly once.
+    await _earlier_try(db, body["id"], body["journeys"])
+    await _sweep(db, settings, temporal)
+    ev = await _event(db, body["id"])
+    assert ev.dispatch_result is not None and ev.dispatch_result["dispatch"] == "delivered"
+    assert sorted(_journeys(ev), key=lambda j: j["journey"]) == [
+        {"journey": hold, "action": "signalled"},
+        {"journey": trig, "action": "started"},
+    ]
+    assert await _signals(temporal, hold, cid) == ["event"]
+    assert len(await _runs(db, trig, cid)) == 1
+    # A repeat of the key answers what was done, without another try.
     r = await api.post(
         "/v1/events", json={"contact": {"id": cid}, "event": name, "idempotency_key": t}
     )
-    assert r.status_code == 202 and r.json()["dispatch"] == "failed"
-    assert await _signals(temporal, hold, cid) == []
+    assert r.status_code == 200 and r.json()["dispatch"] == "delivered"
+    assert await _signals(temporal, hold, cid) == ["event"]
 
 
 async def test_a_retry_after_a_lost_outcome_does_not_re_enter_a_run_that_heard_the_event(

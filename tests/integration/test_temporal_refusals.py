@@ -1,13 +1,16 @@
-"""Temporal refusing a call for good (here: the namespace does not exist) is neither taken
-for a run that ended nor retried for ever, outside event dispatch too: the tracking
-judge's engagement signal and erasure's exit signal."""
+"""Temporal refusing a call because the deployment is misconfigured (here: the namespace
+does not exist) is never taken for a run that ended, outside event dispatch too: the
+tracking judge keeps the engagement signal queued until it is fixed, and erasure reports
+the runs it could not stop."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 import pytest_asyncio
 from temporalio.client import Client
 
@@ -18,7 +21,7 @@ from core.models import Run, Send, TrackingEvent, utcnow
 from core.temporal import keyring
 from services.context import ServiceContext
 from services.erasure import ErasureResult, _exit_runs
-from services.tracking_judge import SIGNAL_RUN_ENDED, TrackingJudge
+from services.tracking_judge import SIGNAL_RUN_ENDED, SIGNAL_SENT, TrackingJudge
 from tests.helpers import eventually
 from tests.integration.entry_support import contact, definition, published, tag
 from tests.integration.test_event_redelivery import _runs
@@ -45,7 +48,7 @@ async def _running_run(api: httpx.AsyncClient, db: Database) -> Run:
     return runs[0]
 
 
-async def test_judge_records_a_refused_engagement_signal_instead_of_a_run_ended(
+async def test_judge_keeps_a_signal_refused_for_a_wrong_namespace_queued_until_fixed(
     api: httpx.AsyncClient,
     db: Database,
     settings: Settings,
@@ -67,13 +70,14 @@ async def test_judge_records_a_refused_engagement_signal_instead_of_a_run_ended(
     )
     hit = TrackingEvent(id=f"te_{tag()}", send_id=send.id, kind="open", at=utcnow())
     judge = TrackingJudge(db, settings, wrong_namespace, listen=False)
-    assert await judge._signal(hit, send, run) == "refused:temporal_namespace_not_found"
+    # Neither a run that ended nor a final refusal: left queued (None) for the next sweep.
+    assert await judge._signal(hit, send, run) is None
+    # Once the namespace is right, the queued signal reaches the run.
+    fixed = TrackingJudge(db, settings, temporal, listen=False)
+    assert await fixed._signal(hit, send, run) == SIGNAL_SENT
     # The real namespace still tells an ended run apart.
     ended = Run(**{**run.model_dump(), "workflow_id": f"journey/none/{tag()}"})
-    assert (
-        await TrackingJudge(db, settings, temporal, listen=False)._signal(hit, send, ended)
-        == SIGNAL_RUN_ENDED
-    )
+    assert await fixed._signal(hit, send, ended) == SIGNAL_RUN_ENDED
 
 
 async def test_erasure_reports_runs_it_could_not_stop_when_the_namespace_is_missing(
@@ -84,3 +88,26 @@ async def test_erasure_reports_runs_it_could_not_stop_when_the_namespace_is_miss
     async with db.session() as s:
         await _exit_runs(ServiceContext(s, settings, wrong_namespace), run.contact_id, result)
     assert result.runs_signalled == 0 and result.runs_not_signalled == [run.workflow_id]
+
+
+async def test_an_unreadable_history_payload_is_logged_by_type_and_run_not_content(
+    temporal: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redelivery's origin checks treat an unreadable payload as 'cannot tell'; it is
+    logged (error type, run id), never silently, and never with the payload's bytes."""
+    from temporalio.api.common.v1 import Payload
+
+    from core.codec import ENCODING, METADATA_ENCODING, METADATA_KEY_ID
+    from services.dispatch import _Origins, _Writes
+    from workflows.types import EventSignal
+
+    secret = b"patient@example.org"
+    bad = Payload(metadata={METADATA_ENCODING: ENCODING, METADATA_KEY_ID: b"gone-key"}, data=secret)
+    run_id = f"run-{tag()}"
+    with caplog.at_level(logging.WARNING, logger="journeys.dispatch"):
+        got = await _Origins(temporal, {}, _Writes())._decode([bad], EventSignal, run_id)
+    assert got is None
+    (record,) = [r for r in caplog.records if r.name == "journeys.dispatch"]
+    message = record.getMessage()
+    assert run_id in message and "EventSignal" in message
+    assert "patient" not in message and record.exc_info is None

@@ -9,7 +9,14 @@ from temporalio.api.common.v1 import GrpcStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from services.dispatch import RETRY_MAX, Reach, retry_delay
-from services.temporal_errors import permanent, refusal_code, run_not_found, transient
+from services.temporal_errors import (
+    misconfigured,
+    permanent,
+    refusal_code,
+    retryable,
+    run_not_found,
+    transient,
+)
 
 
 def _rpc(status: RPCStatusCode, detail: str = "") -> RPCError:
@@ -40,23 +47,34 @@ def test_transient_is_about_transport_and_load_not_bugs() -> None:
     assert not transient(ValueError("bad input"))
 
 
-def test_configuration_and_data_problems_are_permanent_with_a_reason_code() -> None:
+def test_data_problems_are_permanent_with_a_reason_code() -> None:
     for status in (
         RPCStatusCode.INVALID_ARGUMENT,
-        RPCStatusCode.PERMISSION_DENIED,
-        RPCStatusCode.UNAUTHENTICATED,
         RPCStatusCode.FAILED_PRECONDITION,
         RPCStatusCode.UNIMPLEMENTED,
+        RPCStatusCode.ALREADY_EXISTS,
     ):
         err = _rpc(status)
-        assert not transient(err) and permanent(err)
+        assert not transient(err) and not misconfigured(err) and not retryable(err)
+        assert permanent(err)
         assert refusal_code(err) == f"temporal_{status.name.lower()}"
-    missing_ns = _rpc(RPCStatusCode.NOT_FOUND, "NamespaceNotFoundFailure")
-    assert permanent(missing_ns) and not run_not_found(missing_ns)
-    assert refusal_code(missing_ns) == "temporal_namespace_not_found"
     # A workflow not found is an answer (the run closed), not a failure.
     gone = _rpc(RPCStatusCode.NOT_FOUND, "NotFoundFailure")
-    assert run_not_found(gone) and not permanent(gone) and not transient(gone)
+    assert run_not_found(gone) and not permanent(gone) and not retryable(gone)
+
+
+def test_a_misconfigured_deployment_is_retried_not_final() -> None:
+    """A wrong namespace or an expired credential is fixed by an operator: giving up would
+    lose everything received meanwhile."""
+    for status in (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNAUTHENTICATED):
+        err = _rpc(status)
+        assert misconfigured(err) and retryable(err) and not permanent(err)
+        assert not transient(err)  # (told apart: logged loudly)
+        assert refusal_code(err) == f"temporal_{status.name.lower()}"
+    missing_ns = _rpc(RPCStatusCode.NOT_FOUND, "NamespaceNotFoundFailure")
+    assert misconfigured(missing_ns) and retryable(missing_ns) and not permanent(missing_ns)
+    assert not run_not_found(missing_ns)
+    assert refusal_code(missing_ns) == "temporal_namespace_not_found"
 
 
 def test_a_partly_failed_delivery_reports_pending_and_keeps_everything_it_did() -> None:
@@ -65,22 +83,25 @@ def test_a_partly_failed_delivery_reports_pending_and_keeps_everything_it_did() 
         signalled=["b"],
         failed=["c", "c"],
         skipped={"d": "reentry_never"},
-        refused={"e": "temporal_permission_denied"},
+        refused={"e": "temporal_invalid_argument"},
+        misconfigured={"f": "temporal_unauthenticated"},
     )
+    reach.failed.append("f")
     out = reach.as_dict()
     assert out["dispatch"] == "pending"
     assert out["journeys"] == [
         {"journey": "a", "action": "started"},
         {"journey": "b", "action": "signalled"},
         {"journey": "d", "action": "skipped", "reason": "reentry_never"},
-        {"journey": "e", "action": "failed", "reason": "temporal_permission_denied"},
+        {"journey": "e", "action": "failed", "reason": "temporal_invalid_argument"},
         {"journey": "c", "action": "pending"},
+        {"journey": "f", "action": "pending", "reason": "temporal_unauthenticated"},
     ]
     again = Reach.resumed(out)
     assert again.started == ["a"] and again.signalled == ["b"] and again.failed == []
     assert again.skipped == {"d": "reentry_never"}
-    assert again.refused == {"e": "temporal_permission_denied"}
-    assert again.settled() == {"a", "b", "d", "e"}  # only `c` is tried again
+    assert again.refused == {"e": "temporal_invalid_argument"} and again.misconfigured == {}
+    assert again.settled() == {"a", "b", "d", "e"}  # only `c` and `f` are tried again
     assert again.as_dict()["dispatch"] == "failed"  # nothing pending; a refusal stands
     assert Reach().as_dict()["dispatch"] == "delivered"
     assert Reach.resumed(None).settled() == set()
