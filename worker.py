@@ -19,7 +19,7 @@ from activities.lookups import LookupActivities
 from activities.runs import RunActivities
 from activities.segments import SegmentActivities
 from activities.sending import SendActivities
-from activities.smtp import SmtpTransport, parse_smtp_url
+from activities.smtp import SmtpTransport, close_transports
 from core import logsafe
 from core.config import Settings, get_settings
 from core.db import Database, get_engine
@@ -52,7 +52,7 @@ def workflow_runner(settings: Settings) -> SandboxedWorkflowRunner | Unsandboxed
 def activities(db: Database, settings: Settings) -> list[Any]:
     if not settings.smtp_url:
         raise RuntimeError("SMTP_URL is not set (journeys dev sets it for you)")
-    transport = SmtpTransport(parse_smtp_url(settings.smtp_url, settings.smtp_allow_plaintext))
+    transport = SmtpTransport.from_settings(settings)
     runs = RunActivities(db, settings)
     sending = SendActivities(db, settings, transport)
     segments = SegmentActivities(db, settings)
@@ -123,7 +123,10 @@ async def run_worker(settings: Settings | None = None) -> None:
 
     await ensure_redelivery_schedule(client, settings.temporal_task_queue)
     log.info("worker polling task queue %s", settings.temporal_task_queue)
-    await worker.run()
+    try:
+        await worker.run()
+    finally:
+        await close_transports()  # QUIT the SMTP connections the sends kept open
 
 
 if __name__ == "__main__":
