@@ -35,6 +35,7 @@ class PooledConnection:
     client: aiosmtplib.SMTP
     greeting: str
     last_used: float
+    generation: int  # the pool's generation when opened (close() starts a new one)
     transactions: int = 0  # MAIL commands issued on it, accepted or not
 
     @property
@@ -69,7 +70,7 @@ class SmtpPool:
         self._in_use = 0
         self._slots = asyncio.Semaphore(self.max_size)
         self._reaper: asyncio.Task[None] | None = None
-        self._closed = False
+        self._generation = 0
 
     @property
     def open_count(self) -> int:
@@ -77,8 +78,6 @@ class SmtpPool:
 
     async def acquire(self) -> PooledConnection:
         """An idle connection still fit for use, else a new one (a slot first)."""
-        if self._closed:
-            raise RuntimeError("SMTP pool is closed")
         try:
             await asyncio.wait_for(self._slots.acquire(), self.acquire_timeout)
         except TimeoutError:
@@ -100,7 +99,7 @@ class SmtpPool:
         """A new connection for a slot the caller holds (also replaces a stale one)."""
         client, greeting = await self.open_connection()
         self.stats.opened += 1
-        return PooledConnection(client, greeting, self.clock())
+        return PooledConnection(client, greeting, self.clock(), self._generation)
 
     async def release(self, conn: PooledConnection, *, reusable: bool) -> None:
         """Give the slot back. `reusable=False`: the exchange broke off somewhere unknown
@@ -108,7 +107,7 @@ class SmtpPool:
         while connected and under the message cap, else QUIT."""
         keep = (
             reusable
-            and not self._closed
+            and conn.generation == self._generation
             and conn.client.is_connected
             and conn.transactions < self.max_messages
         )
@@ -131,8 +130,10 @@ class SmtpPool:
         await self._quit(conn)
 
     async def close(self) -> None:
-        """QUIT every idle connection; ones in use are closed when they come back."""
-        self._closed = True
+        """QUIT every idle connection; ones in use are closed when they come back. (A
+        later send opens a new one: at worker shutdown none comes, and a test process
+        that shuts a worker down may still send through another transport.)"""
+        self._generation += 1
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
