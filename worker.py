@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -123,10 +124,17 @@ async def run_worker(settings: Settings | None = None) -> None:
 
     await ensure_redelivery_schedule(client, settings.temporal_task_queue)
     log.info("worker polling task queue %s", settings.temporal_task_queue)
+    # SIGTERM (process managers, `journeys dev`) stops polling and lets run() return, so
+    # the SMTP connections the sends kept open are QUIT below instead of cut.
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+    loop.add_signal_handler(
+        signal.SIGTERM, lambda: stopping.append(loop.create_task(worker.shutdown()))
+    )
     try:
         await worker.run()
     finally:
-        await close_transports()  # QUIT the SMTP connections the sends kept open
+        await close_transports()
 
 
 if __name__ == "__main__":

@@ -99,14 +99,18 @@ class SinkConnections:
 
 
 class _CountingSMTP(SMTP):
-    def __init__(self, counts: SinkConnections, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, counts: SinkConnections, live: set[_CountingSMTP], *args: Any, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._counts = counts
+        self._live = live
         self._counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._counted:  # STARTTLS calls it again for the same connection
             self._counted = True
+            self._live.add(self)
             c = self._counts
             c.opened += 1
             c.open += 1
@@ -116,6 +120,7 @@ class _CountingSMTP(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         if self._counted:
             self._counted = False
+            self._live.discard(self)
             self._counts.open -= 1
         super().connection_lost(error)
 
@@ -221,6 +226,7 @@ class SmtpSink:
         # as relays do; tests shorten it to see how clients cope).
         self.idle_timeout = idle_timeout
         self.connections = SinkConnections()
+        self._live: set[_CountingSMTP] = set()
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -232,13 +238,17 @@ class SmtpSink:
             "timeout": self.idle_timeout,
         }
         self.server = await loop.create_server(
-            lambda: _CountingSMTP(self.connections, self.handler, **kwargs),
+            lambda: _CountingSMTP(self.connections, self._live, self.handler, **kwargs),
             host=self.host,
             port=self.port,
         )
 
     async def stop(self) -> None:
+        """Stop listening and hang up on every client, as a relay going down does."""
         if self.server is not None:
             self.server.close()
+            for protocol in list(self._live):
+                if protocol.transport is not None:
+                    protocol.transport.close()
             await self.server.wait_closed()
             self.server = None

@@ -31,6 +31,7 @@ class Recorder(SinkHandler):
     def __init__(self) -> None:
         self.messages: list[ReceivedMessage] = []
         self.resets = 0
+        self.quits = 0
         self.stall = False  # hold every DATA answer (to cancel a send mid-transfer)
         self.stalled = asyncio.Event()
 
@@ -42,6 +43,10 @@ class Recorder(SinkHandler):
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.resets += 1
         return "250 OK"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.quits += 1
+        return "221 Bye"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.stall:
@@ -295,6 +300,7 @@ async def test_worker_shutdown_quits_pooled_connections() -> None:
         await close_transports()
         await t.pool.release(busy, reusable=True)  # ... is closed when it comes back
         await eventually(lambda: _is(sink.connections.open, 0), timeout=5, interval=0.05)
+        assert recorder(sink).quits == opened  # closed politely, not cut
         await send(t, 6)  # a send after shutdown (none comes in a worker) opens anew
         assert sink.connections.opened == opened + 1
         await t.pool.close()
