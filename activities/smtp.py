@@ -143,7 +143,10 @@ class SmtpTransport:
         max_messages: int = 100,
     ) -> None:
         self.target = target
-        self.tls_context = ssl.create_default_context()  # verifies certificates and host names
+        # Verifies certificates and host names; built only for TLS (loading the system's
+        # CA certificates is a noticeable part of a worker's start).
+        tls = target.implicit_tls or target.starttls
+        self.tls_context = ssl.create_default_context() if tls else None
         self._builtin_sink: bool | None = None
         self.pool = SmtpPool(
             self._open,

@@ -191,11 +191,14 @@ class SinkHandler:
 
 
 def db_store(db: Database) -> Store:
-    """One INSERT per message, straight through the engine (no ORM session)."""
+    """One INSERT per message, straight through the engine (no ORM session), committed
+    by itself (autocommit: no BEGIN/COMMIT round trips). It is done before the sink
+    answers 250, so the outbox holds every message the sink accepted."""
     statement = insert(OutboxMessage)
+    engine = db.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def store(msg: ReceivedMessage) -> None:
-        async with db.engine.begin() as conn:
+        async with engine.connect() as conn:
             await conn.execute(
                 statement,
                 {
