@@ -244,7 +244,7 @@ class SmtpTransport:
         """MAIL, RCPT, DATA on `conn`. Whatever leaves `conn` unfit for another message
         (a 421, a dropped connection, a timeout, a failed RSET) closes it here."""
         client = conn.client
-        stale_possible = conn.reused
+        stale_possible = conn.was_idle
         conn.transactions += 1
         utf8 = not (mail_from.isascii() and rcpt.isascii())
         options = ["SMTPUTF8"] if utf8 else []
@@ -275,6 +275,8 @@ class SmtpTransport:
             failure = TransientSmtpError(
                 f"smtp_{stage}_{type(exc).__name__}", delivered_unknown=stage == "data"
             )
+            # Not after a timeout: a second wait of up to COMMAND_TIMEOUT on a new
+            # connection would outlast the send's budget; the activity retries instead.
             if stale_possible and stage != "data" and not isinstance(exc, TimeoutError):
                 raise _StaleConnection(failure) from None
             raise failure from None

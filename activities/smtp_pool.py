@@ -37,11 +37,8 @@ class PooledConnection:
     last_used: float
     generation: int  # the pool's generation when opened (close() starts a new one)
     transactions: int = 0  # MAIL commands issued on it, accepted or not
-
-    @property
-    def reused(self) -> bool:
-        """Whether it carried a transaction before: it may have gone stale while idle."""
-        return self.transactions > 0
+    # Handed out from the idle list: the relay may have dropped it while it sat there.
+    was_idle: bool = False
 
 
 @dataclass(eq=False)
@@ -88,6 +85,7 @@ class SmtpPool:
                 conn = self._idle.pop()  # the most recently used: the least likely stale
                 if conn.client.is_connected and not self._expired(conn):
                     self.stats.reused += 1
+                    conn.was_idle = True
                     return conn
                 await self._quit(conn)
             return await self.open_new()

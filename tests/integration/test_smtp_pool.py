@@ -315,5 +315,16 @@ async def test_builtin_sink_question_reuses_the_pool() -> None:
         await t.pool.close()
 
 
+async def test_an_idle_connection_that_carried_no_message_yet_is_recovered_too() -> None:
+    async with running_sink() as sink:
+        t = transport_for(sink)
+        assert await t.is_builtin_sink()  # opens a connection, which then sits idle
+        sink.handler.faults.at_mail.append("drop")
+        mid = await send(t, 1)
+        assert recorder(sink).ids() == [mid]
+        assert sink.connections.opened == 2
+        await t.pool.close()
+
+
 async def _is(value: int, expected: int) -> bool:
     return value == expected
