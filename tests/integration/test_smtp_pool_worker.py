@@ -20,7 +20,7 @@ from services.enrollment import start_run
 from services.journeys import create_journey, publish_journey
 from tests.helpers import eventually
 from tests.integration.sending_support import new_contact, new_template, set_grant, tag
-from tests.integration.test_smtp_pool import recorder, running_sink
+from tests.integration.smtp_support import recorder, running_sink
 
 REPO = Path(__file__).resolve().parents[2]
 
