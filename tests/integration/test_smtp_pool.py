@@ -190,6 +190,20 @@ async def test_pool_stays_bounded_under_concurrency() -> None:
         await t.pool.close()
 
 
+async def test_no_free_connection_in_time_is_a_transient_failure() -> None:
+    async with running_sink() as sink:
+        t = transport_for(sink, pool_size=1)
+        t.pool.acquire_timeout = 0.2
+        held = await t.pool.acquire()
+        with pytest.raises(TransientSmtpError) as caught:
+            await send(t, 1)
+        assert (caught.value.detail, caught.value.delivered_unknown) == ("smtp_pool_busy", False)
+        await t.pool.release(held, reusable=True)
+        await send(t, 2)
+        assert sink.connections.opened == 1 and len(recorder(sink).messages) == 1
+        await t.pool.close()
+
+
 async def test_pool_bound_holds_while_capped_connections_close() -> None:
     async with running_sink() as sink:
         t = transport_for(sink, pool_size=2, max_messages=2)
