@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from sqlalchemy import insert
 from activities.smtp import SINK_IDENT
 from core.db import Database
 from core.models import OutboxMessage, utcnow
+
+log = logging.getLogger("journeys.sink")
 
 
 @dataclass
@@ -185,7 +188,14 @@ class SinkHandler:
             message_id=message_id,
             raw=raw,
         )
-        await self.store(msg)
+        try:
+            await self.store(msg)
+        except Exception as exc:
+            # Not stored, so not accepted: a 4xx the sender retries, as a relay answers
+            # when its queue is unavailable (aiosmtpd would answer 500, a permanent
+            # failure). Type only: messages of database errors can quote the row.
+            log.warning("outbox store failed (%s); answered 451", type(exc).__name__)
+            return "451 4.3.0 temporary failure storing the message, try later"
         self.received += 1
         return "250 2.0.0 OK: queued"
 

@@ -24,8 +24,12 @@ class Recorder(SinkHandler):
         self.quits = 0
         self.stall = False  # hold every DATA answer (to cancel a send mid-transfer)
         self.stalled = asyncio.Event()
+        self.store_failures = 0  # the next N stores fail (a database that went away)
 
         async def store(msg: ReceivedMessage) -> None:
+            if self.store_failures:
+                self.store_failures -= 1
+                raise ConnectionError("database unavailable")
             self.messages.append(msg)
 
         super().__init__(store)

@@ -179,6 +179,20 @@ async def test_drop_during_data_on_a_reused_connection_is_delivered_unknown() ->
         await t.pool.close()
 
 
+async def test_a_message_the_sink_could_not_store_is_a_transient_failure() -> None:
+    """Not stored means not accepted: 451 (retried), never aiosmtpd's 500 (permanent)."""
+    async with running_sink() as sink:
+        t = transport_for(sink)
+        recorder(sink).store_failures = 1
+        with pytest.raises(TransientSmtpError) as caught:
+            await send(t, 1)
+        assert (caught.value.detail, caught.value.delivered_unknown) == ("smtp_451", False)
+        mid = await send(t, 2)
+        assert recorder(sink).ids() == [mid]
+        assert sink.connections.opened == 1  # a 451 leaves the connection usable
+        await t.pool.close()
+
+
 async def test_pool_stays_bounded_under_concurrency() -> None:
     async with running_sink() as sink:
         t = transport_for(sink, pool_size=3)
