@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +32,7 @@ from workflows.scheduled_entry import ScheduledEntryWorkflow
 from workflows.segment_sweep import SegmentSweepWorkflow
 
 log = logging.getLogger("journeys.worker")
+SHUTDOWN_GRACE_SECONDS = 10.0
 
 
 def workflows() -> Sequence[type]:
@@ -125,12 +127,16 @@ async def run_worker(settings: Settings | None = None) -> None:
     await ensure_redelivery_schedule(client, settings.temporal_task_queue)
     log.info("worker polling task queue %s", settings.temporal_task_queue)
     # SIGTERM (process managers, `journeys dev`) stops polling and lets run() return, so
-    # the SMTP connections the sends kept open are QUIT below instead of cut.
+    # the SMTP connections the sends kept open are QUIT below instead of cut; a stop
+    # that takes longer than the grace period ends the process as SIGTERM used to.
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
-    loop.add_signal_handler(
-        signal.SIGTERM, lambda: stopping.append(loop.create_task(worker.shutdown()))
-    )
+
+    def on_sigterm() -> None:
+        stopping.append(loop.create_task(worker.shutdown()))
+        loop.call_later(SHUTDOWN_GRACE_SECONDS, os._exit, 128 + signal.SIGTERM)
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
         await worker.run()
     finally:
