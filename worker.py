@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +21,7 @@ from activities.lookups import LookupActivities
 from activities.runs import RunActivities
 from activities.segments import SegmentActivities
 from activities.sending import SendActivities
-from activities.smtp import SmtpTransport, parse_smtp_url
+from activities.smtp import SmtpTransport, close_transports
 from core import logsafe
 from core.config import Settings, get_settings
 from core.db import Database, get_engine
@@ -30,6 +32,7 @@ from workflows.scheduled_entry import ScheduledEntryWorkflow
 from workflows.segment_sweep import SegmentSweepWorkflow
 
 log = logging.getLogger("journeys.worker")
+SHUTDOWN_GRACE_SECONDS = 10.0
 
 
 def workflows() -> Sequence[type]:
@@ -52,7 +55,7 @@ def workflow_runner(settings: Settings) -> SandboxedWorkflowRunner | Unsandboxed
 def activities(db: Database, settings: Settings) -> list[Any]:
     if not settings.smtp_url:
         raise RuntimeError("SMTP_URL is not set (journeys dev sets it for you)")
-    transport = SmtpTransport(parse_smtp_url(settings.smtp_url, settings.smtp_allow_plaintext))
+    transport = SmtpTransport.from_settings(settings)
     runs = RunActivities(db, settings)
     sending = SendActivities(db, settings, transport)
     segments = SegmentActivities(db, settings)
@@ -123,7 +126,21 @@ async def run_worker(settings: Settings | None = None) -> None:
 
     await ensure_redelivery_schedule(client, settings.temporal_task_queue)
     log.info("worker polling task queue %s", settings.temporal_task_queue)
-    await worker.run()
+    # SIGTERM (process managers, `journeys dev`) stops polling and lets run() return, so
+    # the SMTP connections the sends kept open are QUIT below instead of cut; a stop
+    # that takes longer than the grace period ends the process as SIGTERM used to.
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_sigterm() -> None:
+        stopping.append(loop.create_task(worker.shutdown()))
+        loop.call_later(SHUTDOWN_GRACE_SECONDS, os._exit, 128 + signal.SIGTERM)
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        await worker.run()
+    finally:
+        await close_transports()
 
 
 if __name__ == "__main__":

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
+import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 import aiosmtplib
+
+from activities.smtp_pool import PoolBusy, PooledConnection, SmtpPool
+
+if TYPE_CHECKING:
+    from core.config import Settings
+
+
+COMMAND_TIMEOUT = 30.0  # seconds per SMTP command (and to wait for a pooled connection)
 
 
 class SmtpConfigError(RuntimeError):
@@ -86,7 +97,9 @@ def parse_smtp_url(url: str, allow_plaintext: bool) -> SmtpTarget:
     """
     u = urlparse(url)
     if u.scheme not in ("smtp", "smtps") or not u.hostname:
-        raise SmtpConfigError("SMTP_URL must look like smtps://USER:PASS@HOST:465 or smtp://HOST:587")
+        raise SmtpConfigError(
+            "SMTP_URL must look like smtps://USER:PASS@HOST:465 or smtp://HOST:587"
+        )
     implicit = u.scheme == "smtps"
     return SmtpTarget(
         host=u.hostname,
@@ -98,11 +111,62 @@ def parse_smtp_url(url: str, allow_plaintext: bool) -> SmtpTarget:
     )
 
 
+class _StaleConnection(Exception):
+    """A reused connection failed before DATA: the relay had given up on it while idle."""
+
+    def __init__(self, cause: TransientSmtpError) -> None:
+        super().__init__(cause.detail)
+        self.cause = cause
+
+
+def _closing(exc: aiosmtplib.SMTPResponseException) -> bool:
+    """421: the server is closing the transmission channel (RFC 5321 3.8)."""
+    return exc.code == 421
+
+
 class SmtpTransport:
-    def __init__(self, target: SmtpTarget) -> None:
+    """Sends through a bounded per-process pool of open connections (activities/smtp_pool.py).
+
+    A connection goes back to the pool after a delivered message, or after a refused one
+    once RSET has cleared the transaction; after anything else (a dropped connection, a
+    timeout, a 421 answer) it is closed. A reused connection that fails before DATA is
+    one the relay closed while idle: nothing can have been accepted, so the message is
+    tried once more on a new connection instead of failing the send.
+    """
+
+    def __init__(
+        self,
+        target: SmtpTarget,
+        *,
+        pool_size: int = 10,
+        idle_timeout: float = 30.0,
+        max_messages: int = 100,
+    ) -> None:
         self.target = target
-        self.tls_context = ssl.create_default_context()  # verifies certificates and host names
+        # Verifies certificates and host names; built only for TLS (loading the system's
+        # CA certificates is a noticeable part of a worker's start).
+        tls = target.implicit_tls or target.starttls
+        self.tls_context = ssl.create_default_context() if tls else None
         self._builtin_sink: bool | None = None
+        self.pool = SmtpPool(
+            self._open,
+            max_size=pool_size,
+            idle_timeout=idle_timeout,
+            max_messages=max_messages,
+            acquire_timeout=COMMAND_TIMEOUT,
+        )
+        _transports.add(self)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpTransport:
+        if not settings.smtp_url:
+            raise SmtpConfigError("SMTP_URL is not set")
+        return cls(
+            parse_smtp_url(settings.smtp_url, settings.smtp_allow_plaintext),
+            pool_size=settings.smtp_pool_size,
+            idle_timeout=settings.smtp_pool_idle_seconds,
+            max_messages=settings.smtp_pool_max_messages,
+        )
 
     def _client(self) -> aiosmtplib.SMTP:
         t = self.target
@@ -112,61 +176,127 @@ class SmtpTransport:
             use_tls=t.implicit_tls,
             start_tls=t.starttls if t.starttls else False,
             tls_context=self.tls_context,
-            timeout=30,
+            timeout=COMMAND_TIMEOUT,
         )
+
+    async def _open(self) -> tuple[aiosmtplib.SMTP, str]:
+        """Connect (TLS as configured) and authenticate; errors as `send` reports them."""
+        t = self.target
+        client = self._client()
+        stage = "connect"
+        try:
+            greeting = await client.connect()
+            if t.username:
+                stage = "auth"
+                await client.login(t.username, t.password or "")
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            client.close()
+            # A configuration problem, not this message's: keep retrying until it is fixed.
+            raise TransientSmtpError(f"smtp_auth_{exc.code}") from None
+        except aiosmtplib.SMTPResponseException as exc:
+            client.close()
+            raise _refused(exc, stage) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            raise TransientSmtpError(f"smtp_{stage}_{type(exc).__name__}") from None
+        return client, greeting.message or ""
+
+    async def _acquire(self) -> PooledConnection:
+        try:
+            return await self.pool.acquire()
+        except PoolBusy:
+            raise TransientSmtpError("smtp_pool_busy") from None
 
     async def is_builtin_sink(self) -> bool:
         """Whether the target greets as the built-in sink (asked once, then remembered)."""
         if self._builtin_sink is None:
-            client = self._client()
-            try:
-                greeting = await client.connect()
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                raise TransientSmtpError(f"smtp_connect_{type(exc).__name__}") from None
-            try:
-                self._builtin_sink = SINK_IDENT in (greeting.message or "")
-            finally:
-                try:
-                    await client.quit()
-                except Exception:
-                    client.close()
+            conn = await self._acquire()
+            greeting = conn.greeting
+            await self.pool.release(conn, reusable=True)
+            self._builtin_sink = SINK_IDENT in greeting
         return self._builtin_sink
 
     async def send(self, mail_from: str, rcpt: str, message: bytes) -> None:
         """Hand one message to the relay, or raise what went wrong and whether it may
         have been accepted anyway (see TransientSmtpError.delivered_unknown)."""
-        t = self.target
-        client = self._client()
-        stage = "connect"
+        conn = await self._acquire()
+        settled = False  # the exchange ended where the protocol expects (else cut it off)
         try:
-            await client.connect()
-            if t.username:
-                stage = "auth"
-                await client.login(t.username, t.password or "")
-            utf8 = not (mail_from.isascii() and rcpt.isascii())
-            options = ["SMTPUTF8"] if utf8 else []
-            encoding = "utf-8" if utf8 else "ascii"
-            stage = "mail"
+            try:
+                await self._transaction(conn, mail_from, rcpt, message)
+            except _StaleConnection:
+                await self.pool.discard(conn)
+                conn = await self.pool.open_new()  # same slot; fails as a fresh connect would
+                try:
+                    await self._transaction(conn, mail_from, rcpt, message)
+                except _StaleConnection as again:  # not raised for a new connection
+                    raise again.cause from None
+            settled = True
+        except (TransientSmtpError, PermanentSmtpError):
+            settled = True  # _transaction closed the connection if it is unfit for reuse
+            raise
+        finally:
+            await self.pool.release(conn, reusable=settled)
+
+    async def _transaction(
+        self, conn: PooledConnection, mail_from: str, rcpt: str, message: bytes
+    ) -> None:
+        """MAIL, RCPT, DATA on `conn`. Whatever leaves `conn` unfit for another message
+        (a 421, a dropped connection, a timeout, a failed RSET) closes it here."""
+        client = conn.client
+        stale_possible = conn.was_idle
+        conn.transactions += 1
+        utf8 = not (mail_from.isascii() and rcpt.isascii())
+        options = ["SMTPUTF8"] if utf8 else []
+        encoding = "utf-8" if utf8 else "ascii"
+        stage = "mail"
+        try:
             await client.mail(mail_from, options=options, encoding=encoding)
             stage = "rcpt"
             await client.rcpt(rcpt, encoding=encoding)
             stage = "data"
             await client.data(message)
-        except aiosmtplib.SMTPAuthenticationError as exc:
-            # A configuration problem, not this message's: keep retrying until it is fixed.
-            raise TransientSmtpError(f"smtp_auth_{exc.code}") from None
         except aiosmtplib.SMTPResponseException as exc:
             # The relay answered: nothing was accepted, whatever the stage.
-            raise _refused(exc, stage) from None
+            refused = _refused(exc, stage)
+            if _closing(exc):
+                client.close()  # it is hanging up; never reuse it
+                if stale_possible and stage != "data" and isinstance(refused, TransientSmtpError):
+                    raise _StaleConnection(refused) from None
+                raise refused from None
+            # Clear the refused transaction so the connection can carry the next message.
+            if not await _reset(client):
+                client.close()
+            raise refused from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
             # Before DATA nothing can have been accepted; during it the relay may have
             # queued the message and lost only its answer.
-            raise TransientSmtpError(
+            failure = TransientSmtpError(
                 f"smtp_{stage}_{type(exc).__name__}", delivered_unknown=stage == "data"
-            ) from None
-        finally:
-            if client.is_connected:
-                try:
-                    await client.quit()
-                except Exception:
-                    client.close()
+            )
+            # Not after a timeout: a second wait of up to COMMAND_TIMEOUT on a new
+            # connection would outlast the send's budget; the activity retries instead.
+            if stale_possible and stage != "data" and not isinstance(exc, TimeoutError):
+                raise _StaleConnection(failure) from None
+            raise failure from None
+
+
+async def _reset(client: aiosmtplib.SMTP) -> bool:
+    """RSET after a refused transaction; False when the connection is no longer usable."""
+    if not client.is_connected:
+        return False
+    try:
+        await client.rset()
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        return False
+    return True
+
+
+# Every transport of this process, so the worker can QUIT their connections at shutdown.
+_transports: weakref.WeakSet[SmtpTransport] = weakref.WeakSet()
+
+
+async def close_transports() -> None:
+    """QUIT every pooled connection of this process (worker shutdown)."""
+    await asyncio.gather(*(t.pool.close() for t in list(_transports)))

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     # outbox, so a send interrupted mid-SMTP can be settled by looking there (see
     # activities/sending.py). None: ask the server (the sink says so in its greeting).
     smtp_builtin_sink: bool | None = None
+    # Open SMTP connections a worker keeps and reuses (activities/smtp_pool.py): at most
+    # this many at once, each closed after this many idle seconds (relays drop idle
+    # clients) or this many messages. SMTP_POOL_MAX_MESSAGES=1: a connection per message.
+    smtp_pool_size: int = Field(default=10, ge=1)
+    smtp_pool_idle_seconds: float = Field(default=30.0, gt=0)
+    smtp_pool_max_messages: int = Field(default=100, ge=1)
     mail_from: str = "Care Team <care@example.org>"
     mail_domain: str = "example.org"
     physical_address: str = "Example Health, 1 Main Street, Springfield, MA 01101, USA"

@@ -51,8 +51,29 @@ class _UriListHeader(UnstructuredHeader, BaseHeader):
         return head + ("," + policy.linesep + " ").join(items) + policy.linesep
 
 
+class _ClassCachingRegistry(HeaderRegistry):
+    """The stock registry builds a new header class (`type(...)`) for every header it
+    makes, ~30 per message and a fifth of building one; the class depends only on the
+    header's name, so build it once per name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type[BaseHeader]] = {}
+
+    def map_to_type(self, name: str, cls: type[BaseHeader]) -> None:
+        super().map_to_type(name, cls)
+        self._classes.clear()
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = self._classes[key] = super().__getitem__(name)
+        return cls
+
+
 def _make_policy() -> email_policy.EmailPolicy[EmailMessage]:
-    registry = HeaderRegistry()
+    registry = _ClassCachingRegistry()
     registry.map_to_type("list-unsubscribe", _UriListHeader)
     return email_policy.SMTP.clone(header_factory=registry)
 

@@ -171,3 +171,22 @@ def test_txt_record(keys: tuple[bytes, bytes]) -> None:
     record = dkim.txt_record(keys[1])
     assert record.startswith("v=DKIM1; k=rsa; p=MII")
     assert "\n" not in record
+
+
+def test_the_key_is_loaded_once_not_per_message(
+    keys: tuple[bytes, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading a PEM key validates the RSA key (~40 ms CPU): once per key, not per send."""
+    loads: list[bytes] = []
+    real = serialization.load_pem_private_key
+
+    def counting(data: bytes, password: bytes | None) -> object:
+        loads.append(data)
+        return real(data, password)
+
+    monkeypatch.setattr(dkim.serialization, "load_pem_private_key", counting)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    private, public = _pems(key, serialization.PrivateFormat.PKCS8)
+    signed = [dkim.sign(_message(), "s2026", "clinic.example", private) for _ in range(3)]
+    assert len(loads) == 1
+    assert all(dkim.verify(s, public) for s in signed)

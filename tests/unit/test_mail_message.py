@@ -225,3 +225,29 @@ def test_internationalised_domain_is_sent_as_idna() -> None:
     msg = _wire(_build(to_addr="Zoë <zoe@bücher.example>"))
     assert msg["To"].addresses[0].domain == "xn--bcher-kva.example"
     assert msg["To"].addresses[0].display_name == "Zoë"
+
+
+def test_header_classes_are_built_once_per_name() -> None:
+    from email.headerregistry import HeaderRegistry
+
+    from mail.message import MESSAGE_POLICY
+
+    registry = MESSAGE_POLICY.header_factory
+    assert isinstance(registry, HeaderRegistry)
+    assert registry["Subject"] is registry["subject"]
+    assert registry["List-Unsubscribe"] is registry["list-unsubscribe"]
+
+
+def test_caching_header_classes_leaves_the_bytes_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same message through the stock registry (a fresh class per header)."""
+    from email.headerregistry import HeaderRegistry
+
+    import mail.message as message
+
+    ours = message_bytes(_build())
+    stock = HeaderRegistry()
+    stock.map_to_type("list-unsubscribe", message._UriListHeader)
+    policy = message.MESSAGE_POLICY.clone(header_factory=stock)
+    monkeypatch.setattr(message, "MESSAGE_POLICY", policy)
+    monkeypatch.setattr(message, "_PART_POLICY", policy.clone(max_line_length=76))
+    assert message_bytes(_build()) == ours
