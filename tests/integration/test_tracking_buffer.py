@@ -312,6 +312,37 @@ async def test_fast_path_answers_exactly_as_the_routes(
         assert app.state.tracking_buffer.written > served  # the pipeline wrote them
 
 
+async def test_ids_drawn_twice_are_written_again_under_new_ones_never_dropped(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes drawing the same time-ordered ids (see new_event_ids): the second
+    batch's INSERT fails on the key, stores nothing, and goes again under fresh ids."""
+    from services import tracking_buffer
+
+    send_id = f"s_{uuid.uuid4().hex[:20]}"
+    first = [_row(send_id, n) for n in range(3)]
+    buffer = HitBuffer(db, interval=0.01)
+    buffer.start()
+    try:
+        await buffer._write(first)
+        taken = [row[0] for row in first]
+        real = tracking_buffer.new_event_ids
+        calls: list[int] = []
+
+        def same_ids_first(n: int) -> list[str]:
+            calls.append(n)
+            return taken[:n] if len(calls) == 1 else real(n)
+
+        monkeypatch.setattr(tracking_buffer, "new_event_ids", same_ids_first)
+        for n in range(3, 6):
+            assert buffer.offer(_row(send_id, n))
+        assert await buffer.flush(timeout=10)
+    finally:
+        await buffer.stop()
+    assert len(calls) == 2 and buffer.failed == 0
+    assert await _count(db, send_id) == 6
+
+
 async def test_a_retried_batch_is_not_stored_twice(db: Database) -> None:
     """A batch whose commit reply was lost is written again with the same ids."""
     send_id = f"s_{uuid.uuid4().hex[:20]}"
