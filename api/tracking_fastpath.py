@@ -128,7 +128,7 @@ def _redirect(target: str) -> Reply:
     return Reply(302, [*_NO_STORE_RAW, (b"content-length", b"0"), (b"location", location)], b"")
 
 
-# What a purpose's route serves, and the two answers that need no link.
+# Which stored link kinds each purpose's route serves.
 _KINDS = {"open": OPEN_KINDS, "click": CLICK_KINDS}
 
 

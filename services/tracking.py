@@ -223,9 +223,9 @@ class LinkCache:
             future = asyncio.get_running_loop().create_future()
             self._waiting[link_id] = future
             self._start_loader()
-        # shield: one caller giving up must not cancel the others' shared lookup. The
-        # bound covers a lookup queued behind one that is stuck.
-        return await asyncio.wait_for(asyncio.shield(future), timeout=2 * self.wait_bound)
+        # shield: one caller giving up must not cancel the others' shared lookup. No
+        # timer of its own: the loader settles every future within its query's bound.
+        return await asyncio.shield(future)
 
     async def _load(self) -> None:
         while self._waiting or self._refresh:
