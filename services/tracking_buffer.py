@@ -280,13 +280,15 @@ class HitBuffer:
     # --- the request side -------------------------------------------------
     def offer(self, row: HitRow) -> bool:
         """Queue a hit; False when the buffer is full (the caller writes it inline)."""
-        if len(self._rows) >= self.capacity or not self.running:
+        rows, task = self._rows, self._task  # (on every request: no property calls)
+        waiting = len(rows)
+        if waiting >= self.capacity or task is None or task.done():
             return False
-        self._rows.append(row)
+        rows.append(row)
         self._accepted += 1
         if not self._wake.is_set():
             self._wake.set()
-        if len(self._rows) >= self.batch_rows and not self._urgent.is_set():
+        if waiting + 1 >= self.batch_rows and not self._urgent.is_set():
             self._urgent.set()
         return True
 
