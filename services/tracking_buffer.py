@@ -1,11 +1,11 @@
 """Tracking hits buffered in the process and written in batches, off the request path.
 
 A pixel or click request verifies its token, takes the evidence and puts one row here;
-a background task writes what has gathered as ONE statement per batch (`interval`,
-20 ms, after the first waiting hit, or at once when `batch_rows` are waiting): an
-INSERT of the rows with `pg_notify('tracking_hits', n)` in the same statement, so a
-judge in any process wakes when the rows are visible. A round-trip costs the process
-more CPU than preparing dozens of rows, so batching is what keeps the cost per hit low.
+a background task writes what has gathered as ONE query per batch (`interval`, 20 ms,
+after the first waiting hit, or at once when `batch_rows` are waiting): an INSERT of the
+rows and `pg_notify('tracking_hits', n)` in one transaction, so a judge in any process
+wakes when the rows are visible. A round-trip costs the process more CPU than preparing
+dozens of rows, so batching is what keeps the cost per hit low.
 
 Durability trade-off (documented in README and docs/benchmarks.md): a hit is answered
 before it is written. Hits accepted in the last flush interval (~20 ms) of a process
