@@ -18,10 +18,15 @@ from api.tracking_fastpath import TrackingFastPath, is_tracking_path
 class Front:
     def __init__(self, app: FastAPI) -> None:
         self.app = app
+        # The app's fast path once its lifespan has installed it (looked up again when
+        # that lifespan ends, so a stopped pipeline is never used).
+        self._fast: TrackingFastPath | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_tracking_path(scope["path"]):
-            fast: TrackingFastPath | None = getattr(self.app.state, "tracking_fastpath", None)
+            fast = self._fast
+            if fast is None or not fast.active:
+                fast = self._fast = getattr(self.app.state, "tracking_fastpath", None)
             if fast is not None and await fast.handle(scope, send):
                 return
         await self.app(scope, receive, send)

@@ -28,10 +28,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.config import Settings
 from core.db import Database
-from core.models import utcnow
-from core.tokens import TokenSigner, VerifiedToken
+from core.tokens import TokenSigner
 from services.tracking import CLICK_KINDS, OPEN_KINDS, LinkCache, LinkInfo, safe_target
-from services.tracking_buffer import HitBuffer, HitRow, write_inline
+from services.tracking_buffer import CLIENT_MARGIN, KIND, HitBuffer, HitRow, write_inline
 from services.tracking_request import (
     EvidenceReader,
     IPNetwork,
@@ -75,7 +74,6 @@ UNAVAILABLE_PAGE = (
 )
 
 _MAX_VERIFIED = 50_000
-INLINE_WRITE_TIMEOUT = 3.0  # seconds
 
 # The same few destinations are checked again and again (a link per template).
 _safe_target = lru_cache(maxsize=20_000)(safe_target)
@@ -130,8 +128,17 @@ def _redirect(target: str) -> Reply:
     return Reply(302, [*_NO_STORE_RAW, (b"content-length", b"0"), (b"location", location)], b"")
 
 
+# Which stored link kinds each purpose's route serves.
+_KINDS = {"open": OPEN_KINDS, "click": CLICK_KINDS}
+
+
 class TrackingEndpoints:
-    """What /t/o/{token} and /t/c/{token} do, whoever routes the request here."""
+    """What /t/o/{token} and /t/c/{token} do, whoever routes the request here.
+
+    `respond_cached` answers without awaiting anything whenever it can (a bad token, or a
+    cached link whose hit goes on the buffer): the common case of a busy endpoint, with
+    no coroutine or task of its own. `respond` is the whole request, looking the link up
+    or writing the hit inline when it must."""
 
     def __init__(
         self,
@@ -147,16 +154,76 @@ class TrackingEndpoints:
         self.cache = cache
         self.buffer = buffer
         self.on_recorded = on_recorded
+        self.statement_timeout_ms = settings.tracking_request_db_timeout_ms
+        self.lock_timeout_ms = settings.tracking_db_lock_timeout_ms
         try:
             self.proxies: tuple[IPNetwork, ...] = parse_trusted_proxies(settings.trusted_proxies)
         except TrustedProxyError:
             self.proxies = ()  # believe no forwarded address rather than a misread one
         self.evidence = EvidenceReader(self.proxies)
         self.inline_writes = 0
-        # token -> (link id, expires_at) for authentic tokens: a pixel or link is
-        # fetched again and again (reloads, proxies, scanners), and the MAC of a given
-        # token under fixed keys never changes. Bounded; only authentic tokens enter.
-        self._verified: dict[tuple[str, str], VerifiedToken] = {}
+        # purpose -> token -> (link id in hex, expires_at) for authentic tokens: a pixel
+        # or link is fetched again and again (reloads, proxies, scanners), and the MAC of
+        # a given token under fixed keys never changes. Bounded; only authentic tokens
+        # enter.
+        self._verified: dict[str, dict[str, tuple[str, int]]] = {"open": {}, "click": {}}
+
+    def _verify(self, token: str, purpose: str) -> tuple[str, bool] | None:
+        """(link id in hex, expired) for an authentic token, else None."""
+        known = self._verified[purpose].get(token)
+        now = int(time.time())
+        if known is not None:
+            return known[0], now >= known[1]
+        verified = self.signer.verify(token, purpose, now)
+        if verified is None:
+            return None
+        link_hex = verified.link_id.hex()
+        cache = self._verified[purpose]
+        if len(cache) >= _MAX_VERIFIED:
+            cache.clear()  # simple and bounded; it refills from hot tokens
+        cache[token] = (link_hex, verified.expires_at)
+        return link_hex, verified.expired
+
+    @staticmethod
+    def _decide(purpose: str, link: LinkInfo, method: str) -> tuple[Reply, bool]:
+        """(the answer for this link, whether the hit is recorded if the token is fresh)."""
+        if link.kind not in _KINDS[purpose]:
+            return _pick(_NOT_FOUND, method), False
+        if purpose == "open":
+            # A link of an erased contact still answers the pixel, recording nothing.
+            return _pick(_PIXEL, method), not link.erased
+        if link.erased:
+            return _pick(_NOT_FOUND, method), False
+        if link.kind == "trap":
+            # The hidden trap link: nobody can see or reach it, so whatever follows it is
+            # a machine. It is recorded (that is the evidence) and gets a harmless page.
+            return _pick(_NOT_FOUND, method), True
+        target = _safe_target(link.url)
+        if target is None:
+            return _pick(_NOT_FOUND, method), False
+        return _redirect(target), True
+
+    def respond_cached(
+        self,
+        route: str,
+        token: str,
+        method: str,
+        raw_headers: Iterable[tuple[bytes, bytes]],
+        peer: str | None,
+    ) -> Reply | None:
+        """The answer if it needs no database (a bad token; a cached link, its hit taken
+        by the buffer), else None: then `respond`. Same arguments as `respond`."""
+        purpose = "open" if route == "o" else "click"
+        verified = self._verify(token, purpose)
+        if verified is None:
+            return _pick(_NOT_FOUND, method)
+        link = self.cache.peek(verified[0])
+        if link is None:
+            return None
+        reply, record = self._decide(purpose, link, method)
+        if record and not verified[1] and not self._offer(link, method, raw_headers, peer):
+            return None  # the buffer is full or stopped: `respond` writes it inline
+        return reply
 
     async def respond(
         self,
@@ -166,68 +233,62 @@ class TrackingEndpoints:
         raw_headers: Iterable[tuple[bytes, bytes]],
         peer: str | None,
     ) -> Reply:
-        """`route` is "o" (pixel) or "c" (click); `method` GET or HEAD."""
-        if route == "o":
-            return await self._open(token, method, raw_headers, peer)
-        return await self._click(token, method, raw_headers, peer)
-
-    def _verify(self, token: str, purpose: str) -> VerifiedToken | None:
-        now = int(time.time())
-        known = self._verified.get((token, purpose))
-        if known is not None:
-            if now < known.expires_at:
-                return known
-            return VerifiedToken(known.link_id, True, known.expires_at)
-        verified = self.signer.verify(token, purpose, now)
-        if verified is not None:
-            if len(self._verified) >= _MAX_VERIFIED:
-                self._verified.clear()  # simple and bounded; it refills from hot tokens
-            self._verified[(token, purpose)] = verified
-        return verified
-
-    async def _open(
-        self, token: str, method: str, raw_headers: Iterable[tuple[bytes, bytes]], peer: str | None
-    ) -> Reply:
-        verified = self._verify(token, "open")
-        if verified is None:
+        """`route` is "o" (pixel) or "c" (click); `method` GET or HEAD (upper case)."""
+        reply = self.respond_cached(route, token, method, raw_headers, peer)
+        if reply is not None:
+            return reply
+        purpose = "open" if route == "o" else "click"
+        verified = self._verify(token, purpose)
+        if verified is None:  # not reached: respond_cached answered bad tokens
             return _pick(_NOT_FOUND, method)
         try:
-            link = await self.cache.get(verified.link_id.hex())
+            link = await self.cache.get(verified[0])
         except Exception as exc:
-            # The token is authentic, so the image is harmless: never break the email's
-            # rendering because the database is briefly unreachable.
-            log.error("open not recorded: %s", type(exc).__name__)
-            return _pick(_PIXEL, method)
-        if link is None or link.kind not in OPEN_KINDS:
-            return _pick(_NOT_FOUND, method)
-        if not verified.expired and not link.erased:
-            await self._record(link, method, raw_headers, peer)
-        return _pick(_PIXEL, method)
-
-    async def _click(
-        self, token: str, method: str, raw_headers: Iterable[tuple[bytes, bytes]], peer: str | None
-    ) -> Reply:
-        verified = self._verify(token, "click")
-        if verified is None:
-            return _pick(_NOT_FOUND, method)
-        try:
-            link = await self.cache.get(verified.link_id.hex())
-        except Exception as exc:
+            if purpose == "open":
+                # The token is authentic, so the image is harmless: never break the
+                # email's rendering because the database is briefly unreachable.
+                log.error("open not recorded: %s", type(exc).__name__)
+                return _pick(_PIXEL, method)
             # Without the stored destination there is nowhere safe to send the reader.
             log.error("click lookup failed: %s", type(exc).__name__)
             return _pick(_UNAVAILABLE, method)
-        if link is None or link.kind not in CLICK_KINDS or link.erased:
+        if link is None:
             return _pick(_NOT_FOUND, method)
-        target = None if link.kind == "trap" else _safe_target(link.url)
-        if link.kind != "trap" and target is None:
-            return _pick(_NOT_FOUND, method)
-        if not verified.expired:
+        reply, record = self._decide(purpose, link, method)
+        if record and not verified[1]:
             await self._record(link, method, raw_headers, peer)
-        if target is None:
-            # The hidden trap link: nobody can see or reach it, so whatever follows it is a
-            # machine. It is recorded (that is the evidence) and gets a harmless page.
-            return _pick(_NOT_FOUND, method)
-        return _redirect(target)
+        return reply
+
+    def _row(
+        self,
+        link: LinkInfo,
+        method: str,
+        raw_headers: Iterable[tuple[bytes, bytes]],
+        peer: str | None,
+    ) -> HitRow:
+        ip, user_agent, headers = self.evidence.read(raw_headers, peer)
+        return [
+            None,
+            link.send_id,
+            link.id,
+            link.hit_kind,
+            link.hit_link,
+            time.time(),
+            ip or None,
+            user_agent or None,
+            method,
+            headers,
+        ]
+
+    def _offer(
+        self,
+        link: LinkInfo,
+        method: str,
+        raw_headers: Iterable[tuple[bytes, bytes]],
+        peer: str | None,
+    ) -> bool:
+        buffer = self.buffer
+        return buffer is not None and buffer.offer(self._row(link, method, raw_headers, peer))
 
     async def _record(
         self,
@@ -237,26 +298,24 @@ class TrackingEndpoints:
         peer: str | None,
     ) -> None:
         """Buffer the hit; inline when the buffer is full or absent. Never raises."""
-        ip, user_agent, headers = self.evidence.read(raw_headers, peer)
-        row = HitRow(
-            send_id=link.send_id,
-            link_id=link.id,
-            kind=link.hit_kind,
-            link=link.hit_link,
-            at=utcnow(),
-            ip=ip or None,
-            user_agent=user_agent or None,
-            method=method.upper(),
-            headers=headers,
-        )
+        row = self._row(link, method, raw_headers, peer)
         if self.buffer is not None and self.buffer.offer(row):
             return
         try:
-            # Bounded: a database that hangs must not hold the reader's request with it.
-            await asyncio.wait_for(write_inline(self.db, row), timeout=INLINE_WRITE_TIMEOUT)
+            # Bounded twice: statement and lock timeouts on the server, and this wait
+            # for a server that stopped answering altogether.
+            await asyncio.wait_for(
+                write_inline(
+                    self.db,
+                    row,
+                    statement_timeout_ms=self.statement_timeout_ms,
+                    lock_timeout_ms=self.lock_timeout_ms,
+                ),
+                timeout=self.statement_timeout_ms / 1000 + CLIENT_MARGIN,
+            )
         except Exception as exc:
             # Answer anyway (the reader must not pay for our database); say so loudly.
-            log.error("%s not recorded: %s", row.kind, type(exc).__name__)
+            log.error("%s not recorded: %s", row[KIND], type(exc).__name__)
             return
         self.inline_writes += 1
         if self.on_recorded is not None:
@@ -275,11 +334,13 @@ def is_tracking_path(path: str) -> bool:
 
 class TrackingFastPath:
     """ASGI in front of the framework: GET/HEAD under /t/o/ and /t/c/ go straight to
-    `TrackingEndpoints`; everything else (other methods get FastAPI's 405) passes on."""
+    `TrackingEndpoints`; everything else (other methods get FastAPI's 405) passes on.
+    `active` is cleared when the app's lifespan ends (api.serve.Front keeps a reference)."""
 
     def __init__(self, inner: ASGIApp, endpoints: TrackingEndpoints) -> None:
         self.inner = inner
         self.endpoints = endpoints
+        self.active = True
 
     async def handle(self, scope: Scope, send: Send) -> bool:
         """Answer the request if it is a tracking GET/HEAD (True), else leave it (False)."""
@@ -287,12 +348,15 @@ class TrackingFastPath:
             return False
         path: str = scope["path"]
         method: str = scope["method"]
-        if not is_tracking_path(path) or (method != "GET" and method != "HEAD"):
+        if (method != "GET" and method != "HEAD") or not is_tracking_path(path):
             return False
         client: Sequence[Any] | None = scope.get("client")
-        reply = await self.endpoints.respond(
-            path[3], path[5:], method, scope["headers"], client[0] if client else None
-        )
+        peer = client[0] if client else None
+        route, token, headers = path[3], path[5:], scope["headers"]
+        endpoints = self.endpoints
+        reply = endpoints.respond_cached(route, token, method, headers, peer)
+        if reply is None:
+            reply = await endpoints.respond(route, token, method, headers, peer)
         await send(
             {"type": "http.response.start", "status": reply.status, "headers": reply.headers}
         )

@@ -103,6 +103,14 @@ class Settings(BaseSettings):
     # Run the tracking judge inside each API process; false when `journeys judge`
     # processes do the judging (the API then only NOTIFYs them).
     tracking_judge_in_api: bool = True
+    # Bounds (milliseconds) on the tracking pipeline's database work, so a stuck
+    # database fails fast instead of holding requests: statement_timeout of what a pixel
+    # or click request waits for (a link lookup, an inline write), of the background hit
+    # writer's batches, and lock_timeout of both. A request then answers as on any
+    # database error (the pixel anyway; a click on an uncached link gets the 503 page).
+    tracking_request_db_timeout_ms: int = Field(default=2_000, gt=0)
+    tracking_writer_db_timeout_ms: int = Field(default=5_000, gt=0)
+    tracking_db_lock_timeout_ms: int = Field(default=1_000, gt=0)
     continue_as_new_after_events: int = 2000
     dev_mode: bool = False
 

@@ -251,8 +251,11 @@ class TrackingEvent(SQLModel, table=True):
     __table_args__ = (
         Index("ix_tracking_send_at", "send_id", "at"),
         # The judge's queue and the signaller's queue stay small, so partial indexes keep
-        # both lookups cheap however many judged events accumulate.
-        Index("ix_tracking_pending", "send_id", "at", postgresql_where=sql_text("verdict IS NULL")),
+        # both lookups cheap however many judged events accumulate. The queue's is keyed on
+        # `at` so that every new hit lands at its right edge (keyed on send_id, each row
+        # went to a random leaf page: ~3.5 us of PostgreSQL CPU a hit); the judge finds a
+        # message's queued rows through ix_tracking_send_at.
+        Index("ix_tracking_pending", "at", postgresql_where=sql_text("verdict IS NULL")),
         Index(
             "ix_tracking_unsignalled",
             "at",

@@ -14,7 +14,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +26,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from classifier import TRAP_LINK
 from core.db import Database
 from core.models import TrackedLink, TrackingEvent, new_id
-from services.tracking_buffer import CONNECT_TIMEOUT, libpq_url
+from services.tracking_buffer import (
+    CLIENT_MARGIN,
+    CONNECT_TIMEOUT,
+    LOCK_TIMEOUT_MS,
+    bounded_options,
+    libpq_url,
+)
 
 # Which stored link kinds a route serves; a valid token of another kind is a 404.
 OPEN_KINDS = frozenset({"open"})
@@ -96,19 +102,17 @@ class LinkInfo:
     name: str | None
     url: str | None
     erased: bool = False  # the contact was erased: nothing is recorded, nothing redirects
+    # What a hit on it records (worked out once per lookup, not once per request).
+    hit_kind: str = field(init=False)  # open | click
+    hit_link: str | None = field(init=False)
 
-    @property
-    def hit_kind(self) -> str:
-        return "open" if self.kind == "open" else "click"
-
-    @property
-    def hit_link(self) -> str | None:
-        return TRAP_LINK if self.kind == "trap" else self.name
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hit_kind", "open" if self.kind == "open" else "click")
+        object.__setattr__(self, "hit_link", TRAP_LINK if self.kind == "trap" else self.name)
 
 
-_LINKS_SQL = (
-    "SELECT id, send_id, kind, name, url, erased_at IS NOT NULL FROM tracked_link WHERE id = ANY(%s)"
-)
+_LINKS_SQL = "SELECT id, send_id, kind, name, url, erased_at IS NOT NULL FROM tracked_link WHERE id = ANY(%s)"
+LOOKUP_TIMEOUT_MS = 2_000  # statement_timeout of a lookup (TRACKING_REQUEST_DB_TIMEOUT_MS)
 
 
 _CACHES: weakref.WeakSet[LinkCache] = weakref.WeakSet()
@@ -131,7 +135,14 @@ class LinkCache:
 
     Misses share one connection: the ids that miss while a lookup is in flight wait
     for the next one, a single `id = ANY(...)` query, so a burst of never-seen links
-    costs a few round-trips rather than one pooled checkout each.
+    costs a few round-trips rather than one pooled checkout each. A link still in use
+    in the last `refresh_ahead` seconds of its entry is looked up again in the
+    background (batched like misses), so a busy link never makes a request wait for a
+    lookup, and no entry is ever served past its TTL.
+
+    Lookups are bounded: `statement_timeout` / `lock_timeout` on the connection, and the
+    client gives up `CLIENT_MARGIN` later (a server that stopped answering altogether);
+    the waiting requests then get the error (the caller's fallback answer).
     """
 
     def __init__(
@@ -141,35 +152,65 @@ class LinkCache:
         ttl: float = 10.0,
         max_entries: int = 100_000,
         max_batch: int = 500,
+        refresh_ahead: float = 2.0,
+        statement_timeout_ms: int = LOOKUP_TIMEOUT_MS,
+        lock_timeout_ms: int = LOCK_TIMEOUT_MS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
         self.ttl = ttl
         self.max_entries = max_entries
         self.max_batch = max_batch
+        self.refresh_ahead = refresh_ahead
+        self.statement_timeout_ms = statement_timeout_ms
+        self.lock_timeout_ms = lock_timeout_ms
         self.clock = clock
         self._entries: OrderedDict[str, tuple[float, LinkInfo]] = OrderedDict()
         self._waiting: dict[str, asyncio.Future[LinkInfo | None]] = {}
+        self._refresh: dict[str, None] = {}  # ids to look up again, in order
+        self._refresh_paused_until = 0.0  # after a failed lookup: misses only, for a while
         self._loader: asyncio.Task[None] | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self.hits = 0
         self.misses = 0
         self.lookups = 0  # queries sent
+        self.refreshed = 0  # entries renewed ahead of their expiry
         self.generation = 0  # bumped by clear(): a lookup in flight then is not cached
         _CACHES.add(self)
+
+    @property
+    def wait_bound(self) -> float:
+        """Seconds a lookup may take before its waiters are given up on."""
+        return self.statement_timeout_ms / 1000 + CLIENT_MARGIN
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def peek(self, link_id: str) -> LinkInfo | None:
-        """The cached link if still fresh, without touching the database."""
+        """The cached link if still fresh, without touching the database (but perhaps
+        scheduling a background refresh of it)."""
         entry = self._entries.get(link_id)
         if entry is None:
             return None
-        if entry[0] <= self.clock():
+        left = entry[0] - self.clock()
+        if left <= 0:
             del self._entries[link_id]
             return None
+        if left < self.refresh_ahead and link_id not in self._refresh:
+            self._schedule_refresh(link_id)
         return entry[1]
+
+    def _schedule_refresh(self, link_id: str) -> None:
+        if self.clock() < self._refresh_paused_until:
+            return
+        self._refresh[link_id] = None
+        self._start_loader()
+
+    def _start_loader(self) -> None:
+        if self._loader is None or self._loader.done():
+            self._loader = asyncio.get_running_loop().create_task(
+                self._load(), name="tracking-link-lookup"
+            )
 
     async def get(self, link_id: str) -> LinkInfo | None:
         link = self.peek(link_id)
@@ -181,39 +222,61 @@ class LinkCache:
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._waiting[link_id] = future
-            if self._loader is None or self._loader.done():
-                self._loader = asyncio.create_task(self._load(), name="tracking-link-lookup")
-        # shield: one caller giving up must not cancel the others' shared lookup
+            self._start_loader()
+        # shield: one caller giving up must not cancel the others' shared lookup. No
+        # timer of its own: the loader settles every future within its query's bound.
         return await asyncio.shield(future)
 
     async def _load(self) -> None:
-        while self._waiting:
+        while self._waiting or self._refresh:
             ids = list(itertools.islice(self._waiting, self.max_batch))
             futures = [self._waiting.pop(i) for i in ids]
+            renew: list[str] = []
+            while self._refresh and len(ids) + len(renew) < self.max_batch:
+                link_id = next(iter(self._refresh))
+                del self._refresh[link_id]
+                if link_id not in self._waiting:
+                    renew.append(link_id)
             generation = self.generation
             try:
-                found = await self._query(ids)
+                found = await asyncio.wait_for(self._query(ids + renew), timeout=self.wait_bound)
             except Exception as exc:
                 await self.close()  # a fresh connection next time
                 for f in futures:
                     if not f.done():
                         f.set_exception(exc)
                         f.exception()  # retrieved: nobody may be waiting any more
+                # Entries being renewed just run out; renewing waits a moment so that a
+                # database that is down does not get a lookup for every busy link's hit.
+                self._refresh_paused_until = self.clock() + 1.0
                 continue
             expires = self.clock() + self.ttl
+            current = generation == self.generation
             for link_id, f in zip(ids, futures, strict=True):
                 link = found.get(link_id)
-                if link is not None and generation == self.generation:
+                if link is not None and current:
                     self._entries[link_id] = (expires, link)
                 if not f.done():
                     f.set_result(link)
+            for link_id in renew:
+                link = found.get(link_id)
+                if link is None:
+                    self._entries.pop(link_id, None)  # deleted meanwhile: gone now
+                elif current:
+                    self._entries[link_id] = (expires, link)
+                    self._entries.move_to_end(link_id)
+                    self.refreshed += 1
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
     async def _query(self, ids: list[str]) -> dict[str, LinkInfo]:
         if self._conn is None or self._conn.closed:
+            conninfo = libpq_url(self.db)
             self._conn = await psycopg.AsyncConnection.connect(
-                libpq_url(self.db), autocommit=True, connect_timeout=CONNECT_TIMEOUT
+                conninfo,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+                options=bounded_options(conninfo, self.statement_timeout_ms, self.lock_timeout_ms),
             )
         self.lookups += 1
         cur = await self._conn.execute(_LINKS_SQL, (ids,), prepare=True)
@@ -221,10 +284,12 @@ class LinkCache:
 
     def forget(self, link_id: str) -> None:
         self._entries.pop(link_id, None)
+        self._refresh.pop(link_id, None)
 
     def clear(self) -> None:
         self.generation += 1
         self._entries.clear()
+        self._refresh.clear()
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -44,7 +44,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 from sqlalchemy import func, text
@@ -150,14 +150,6 @@ def evidence_of(row: TrackingEvent, facts: _SendFacts) -> TrackingEvidence:
         user_agent=row.user_agent or "",
         headers=headers,
     )
-
-
-class Ringer(Protocol):
-    """What the tracking endpoints call after recording a hit."""
-
-    def notify(self) -> None: ...
-
-    async def stop(self) -> None: ...
 
 
 class TrackingJudge:
@@ -762,37 +754,6 @@ class TrackingJudge:
             )
             return f"{SIGNAL_REFUSED}:{refusal_code(exc)}"
         return SIGNAL_SENT
-
-
-class Doorbell:
-    """The API's side when the judge runs elsewhere (TRACKING_JUDGE_IN_API=false): after
-    a hit is committed, `NOTIFY tracking_hits` wakes every listening judge. Rings are
-    coalesced: one in flight, and one more if hits arrived meanwhile."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self._again = False
-        self._task: asyncio.Task[None] | None = None
-
-    def notify(self) -> None:
-        self._again = True
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._ring(), name="tracking-doorbell")
-
-    async def _ring(self) -> None:
-        while self._again:
-            self._again = False
-            try:
-                async with self.db.session() as s:
-                    await s.exec(text(f"NOTIFY {HITS_CHANNEL}"))  # type: ignore[call-overload]
-                    await s.commit()
-            except Exception as exc:  # the judges' poll still finds the hits
-                log.warning("NOTIFY %s failed: %s", HITS_CHANNEL, type(exc).__name__)
-                return
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
 
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None, **tuning: Any) -> None:

@@ -19,13 +19,22 @@ from fastapi.responses import Response
 
 from api.tracking_fastpath import NO_STORE, PIXEL_GIF, Reply, TrackingEndpoints
 from core.config import Settings
+from core.db import Database
 from core.tokens import TokenSigner
 from services.tracking import LinkCache
-from services.tracking_judge import Doorbell, Ringer, TrackingJudge
+from services.tracking_judge import TrackingJudge
 from services.tracking_links import token_signer
 from services.tracking_request import TrustedProxyError, parse_trusted_proxies
 
-__all__ = ["NO_STORE", "PIXEL_GIF", "ensure_judge", "lifespan", "router"]
+__all__ = [
+    "NO_STORE",
+    "PIXEL_GIF",
+    "ensure_judge",
+    "lifespan",
+    "link_cache",
+    "router",
+    "wake_judge",
+]
 
 log = logging.getLogger("journeys.tracking")
 
@@ -40,17 +49,21 @@ def _signer(app: FastAPI) -> TokenSigner:
     return signer
 
 
-def ensure_judge(app: FastAPI) -> Ringer:
-    """What a recorded hit rings: the app's judge, started if it is not running
-    (lifespan, or the first hit), or with TRACKING_JUDGE_IN_API=false a doorbell that
-    NOTIFYs the `journeys judge` processes."""
+def link_cache(settings: Settings, db: Database) -> LinkCache:
+    """The request path's link cache, its lookups bounded as the settings say."""
+    return LinkCache(
+        db,
+        statement_timeout_ms=settings.tracking_request_db_timeout_ms,
+        lock_timeout_ms=settings.tracking_db_lock_timeout_ms,
+    )
+
+
+def ensure_judge(app: FastAPI) -> TrackingJudge | None:
+    """The app's judge, started if it is not running (lifespan, or the first hit); None
+    with TRACKING_JUDGE_IN_API=false (`journeys judge` processes do the judging)."""
     settings: Settings = app.state.settings
     if not settings.tracking_judge_in_api:
-        bell: Doorbell | None = getattr(app.state, "tracking_doorbell", None)
-        if bell is None:
-            bell = Doorbell(app.state.db)
-            app.state.tracking_doorbell = bell
-        return bell
+        return None
     judge: TrackingJudge | None = getattr(app.state, "tracking_judge", None)
     if judge is None:
         judge = TrackingJudge(app.state.db, settings, app.state.temporal)
@@ -73,7 +86,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await judge.stop()
+        if judge is not None:
+            await judge.stop()
+
+
+def wake_judge(app: FastAPI) -> None:
+    """After a hit is written: a judge in this process looks at once (and is started if
+    it should run here but does not yet). Judges elsewhere need nothing from us: every
+    statement that writes hits also runs pg_notify, and they LISTEN."""
+    judge = ensure_judge(app)
+    if judge is not None:
+        judge.notify()
 
 
 def endpoints(app: FastAPI) -> TrackingEndpoints:
@@ -85,8 +108,8 @@ def endpoints(app: FastAPI) -> TrackingEndpoints:
             app.state.settings,
             db,
             _signer(app),
-            LinkCache(db),
-            on_recorded=lambda: ensure_judge(app).notify(),
+            link_cache(app.state.settings, db),
+            on_recorded=lambda: wake_judge(app),
         )
         app.state.tracking_endpoints = found
     return found

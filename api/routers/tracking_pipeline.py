@@ -13,11 +13,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api.routers.tracking import ensure_judge
+from api.routers.tracking import link_cache, wake_judge
 from api.tracking_fastpath import TrackingEndpoints, TrackingFastPath
 from core.config import Settings
 from core.db import Database
-from services.tracking import LinkCache
 from services.tracking_buffer import HitBuffer
 from services.tracking_links import token_signer
 
@@ -34,16 +33,21 @@ def _wake_judge(app: FastAPI) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     db: Database = app.state.db
-    buffer = HitBuffer(db, on_commit=lambda _n: _wake_judge(app))
+    buffer = HitBuffer(
+        db,
+        on_commit=lambda _n: _wake_judge(app),
+        statement_timeout_ms=settings.tracking_writer_db_timeout_ms,
+        lock_timeout_ms=settings.tracking_db_lock_timeout_ms,
+    )
     buffer.start()
     endpoints = TrackingEndpoints(
         settings,
         db,
         token_signer(settings),
-        LinkCache(db),
+        link_cache(settings, db),
         buffer=buffer,
-        # an inline write (buffer full) has no batch NOTIFY: ring the judge, wherever it runs
-        on_recorded=lambda: ensure_judge(app).notify(),
+        # An inline write (buffer full) notifies in its own statement, like a batch.
+        on_recorded=lambda: wake_judge(app),
     )
     app.state.tracking_endpoints = endpoints
     app.state.tracking_buffer = buffer
@@ -59,6 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        fast.active = False
         if app.middleware_stack is fast:
             app.middleware_stack = inner
         app.state.tracking_endpoints = app.state.tracking_fastpath = None

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 20:10:15.453976
+Create Date: 2026-11-22 21:18:05.414367
 """
 from collections.abc import Sequence
 
@@ -333,7 +333,7 @@ def upgrade() -> None:
     sa.Column('signalled_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
-    op.create_index('ix_tracking_pending', 'tracking_event', ['send_id', 'at'], unique=False, postgresql_where=sa.text('verdict IS NULL'))
+    op.create_index('ix_tracking_pending', 'tracking_event', ['at'], unique=False, postgresql_where=sa.text('verdict IS NULL'))
     op.create_index('ix_tracking_send_at', 'tracking_event', ['send_id', 'at'], unique=False)
     op.create_index('ix_tracking_unsignalled', 'tracking_event', ['at'], unique=False, postgresql_where=sa.text("verdict = 'human' AND signal_result IS NULL"))
     op.create_table('consent',

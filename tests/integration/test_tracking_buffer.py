@@ -5,6 +5,7 @@ expires, and the lean /t/* path answers exactly as the framework routes do."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import httpx
@@ -17,10 +18,11 @@ from api.serve import Front
 from api.tracking_fastpath import TrackingEndpoints
 from core.config import Settings
 from core.db import Database
-from core.models import TrackedLink, utcnow
+from core.models import TrackedLink
 from services.tracking import LinkCache
-from services.tracking_buffer import NOTIFY_CHANNEL, HitBuffer, HitRow, libpq_url
+from services.tracking_buffer import NOTIFY_CHANNEL, HitBuffer, HitRow, hit_row, libpq_url
 from services.tracking_links import token_signer
+from tests.helpers import eventually
 from tests.integration.tracking_support import HUMAN_HEADERS, Message, app_with_judge, make_message
 
 DEST = "https://portal.example.org/book"
@@ -28,12 +30,12 @@ UA = HUMAN_HEADERS["user-agent"].encode()
 
 
 def _row(send_id: str, n: int, link: str | None = "book") -> HitRow:
-    return HitRow(
+    return hit_row(
         send_id=send_id,
         link_id=f"{n:024x}",
         kind="click",
         link=link,
-        at=utcnow(),
+        at=time.time(),
         ip="73.15.237.200",
         user_agent="Mozilla/5.0 \\ tab\there",  # COPY's escapes must round-trip
         method="GET",
@@ -173,7 +175,7 @@ async def test_link_cache_expires_and_bad_tokens_cost_no_lookup(
 ) -> None:
     msg = await make_message(db, settings, {"book": DEST})
     now = [0.0]
-    cache = LinkCache(db, ttl=60, clock=lambda: now[0])
+    cache = LinkCache(db, ttl=60, refresh_ahead=0, clock=lambda: now[0])
     endpoints = TrackingEndpoints(settings, db, token_signer(settings), cache)
     token = _token(msg.click("book"))
     link_id = next(r.id for r in msg.links.rows if r.name == "book")
@@ -204,6 +206,43 @@ async def test_link_cache_expires_and_bad_tokens_cost_no_lookup(
         assert (await cache.get(pixel_id)) is None
     finally:
         await cache.close()
+
+
+async def test_busy_links_are_renewed_ahead_of_expiry_and_never_served_stale(
+    db: Database, settings: Settings
+) -> None:
+    msg = await make_message(db, settings, {"book": DEST})
+    now = [0.0]
+    cache = LinkCache(db, ttl=10, refresh_ahead=2, clock=lambda: now[0])
+    endpoints = TrackingEndpoints(settings, db, token_signer(settings), cache)
+    token = _token(msg.click("book"))
+    link_id = next(r.id for r in msg.links.rows if r.name == "book")
+    pixel_id = next(r.id for r in msg.links.rows if r.kind == "open")
+    try:
+        assert (await endpoints.respond("c", token, "GET", [], "127.0.0.1")).status == 302
+        assert (await cache.get(pixel_id)) is not None
+        assert cache.lookups == 2
+        now[0] = 8.5  # in the last 2 s: answered from the cache, renewed in the background
+        assert cache.peek(link_id) is not None
+        await eventually(lambda: _true(cache.refreshed == 1), timeout=5, interval=0.01)
+        now[0] = 15.0  # past the first TTL, within the renewed one: still no wait
+        assert cache.peek(link_id) is not None
+        assert cache.lookups == 3
+        assert cache.peek(pixel_id) is None  # not used meanwhile: simply expired
+        # A link deleted in the database disappears at its renewal, before its TTL.
+        async with db.session() as s:
+            await s.exec(text("DELETE FROM tracked_link WHERE id = :i").bindparams(i=link_id))  # type: ignore[call-overload]
+            await s.commit()
+        now[0] = 17.0
+        assert cache.peek(link_id) is not None  # still within its TTL: served, renewal asked
+        await eventually(lambda: _true(cache.peek(link_id) is None), timeout=5, interval=0.01)
+        assert (await endpoints.respond("c", token, "GET", [], "127.0.0.1")).status == 404
+    finally:
+        await cache.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_concurrent_misses_share_lookups(db: Database, settings: Settings) -> None:
@@ -271,6 +310,37 @@ async def test_fast_path_answers_exactly_as_the_routes(
             assert (await fc.post(msg.click("book"))).status_code == 405
         assert await app.state.tracking_buffer.flush()
         assert app.state.tracking_buffer.written > served  # the pipeline wrote them
+
+
+async def test_ids_drawn_twice_are_written_again_under_new_ones_never_dropped(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes drawing the same time-ordered ids (see new_event_ids): the second
+    batch's INSERT fails on the key, stores nothing, and goes again under fresh ids."""
+    from services import tracking_buffer
+
+    send_id = f"s_{uuid.uuid4().hex[:20]}"
+    first = [_row(send_id, n) for n in range(3)]
+    buffer = HitBuffer(db, interval=0.01)
+    buffer.start()
+    try:
+        await buffer._write(first)
+        taken = [row[0] for row in first]
+        real = tracking_buffer.new_event_ids
+        calls: list[int] = []
+
+        def same_ids_first(n: int) -> list[str]:
+            calls.append(n)
+            return taken[:n] if len(calls) == 1 else real(n)
+
+        monkeypatch.setattr(tracking_buffer, "new_event_ids", same_ids_first)
+        for n in range(3, 6):
+            assert buffer.offer(_row(send_id, n))
+        assert await buffer.flush(timeout=10)
+    finally:
+        await buffer.stop()
+    assert len(calls) == 2 and buffer.failed == 0
+    assert await _count(db, send_id) == 6
 
 
 async def test_a_retried_batch_is_not_stored_twice(db: Database) -> None:

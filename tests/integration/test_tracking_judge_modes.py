@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
+import psycopg
 import pytest_asyncio
 from sqlalchemy import text
 from temporalio.client import Client
@@ -30,6 +32,7 @@ from core.db import Database
 from core.models import Run, TrackedLink, TrackingEvent, utcnow
 from devstack.child_env import child_env
 from services.tracking import Hit, record_hit
+from services.tracking_buffer import libpq_url
 from services.tracking_judge import HITS_CHANNEL, LISTENER_NAME, SIGNAL_SENT, TrackingJudge
 from tests.helpers import eventually
 from tests.integration.own_database import own_database_fixtures
@@ -197,6 +200,46 @@ async def test_notify_wakes_a_judge_that_would_not_poll_for_a_minute(
         assert row is not None and row.verdict == "human"
     finally:
         await judge.stop()
+
+
+async def test_an_inline_write_wakes_a_judge_elsewhere_with_one_notify(
+    db: Database, settings: Settings, temporal: Client
+) -> None:
+    """API with TRACKING_JUDGE_IN_API=false writing a hit inline (here: the routes alone,
+    no buffer): the writing statement's own pg_notify wakes a judge of another process
+    (one polling only every minute), and no second NOTIFY follows it."""
+    from api.main import create_app
+
+    api_settings = settings.model_copy(update={"tracking_judge_in_api": False})
+    listener = await psycopg.AsyncConnection.connect(libpq_url(db), autocommit=True)
+    judge = TrackingJudge(db, settings, None, poll_interval=60)
+    judge.start()
+    try:
+        await listener.execute(f"LISTEN {HITS_CHANNEL}")
+        await eventually(lambda: _listening(db, f"{LISTENER_NAME}-{os.getpid()}"))
+        await asyncio.sleep(0.5)  # the round LISTEN's start triggers is over
+        msg = await make_message(db, settings, LINKS)
+        app = create_app(api_settings, db=db, temporal=temporal)  # no lifespan: inline writes
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
+        heard = judge.notifications
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            r = await c.get(msg.click("book"), headers=HUMAN_HEADERS)
+        assert r.status_code == 302
+        assert getattr(app.state, "tracking_judge", None) is None, "no judge in the API"
+        await eventually(lambda: _true(judge.notifications > heard), timeout=3, interval=0.05)
+        stored = await events_of(db, msg.send_id)
+        assert len(stored) == 1
+        row = await eventually(
+            functools.partial(_settled, db, stored[0].id, "verdict"), timeout=10, interval=0.05
+        )
+        assert row is not None and row.verdict == "human"
+        # What the write sent: the statement's NOTIFY (its payload counts the rows), and
+        # no payload-less ring after it.
+        notes = [n.payload async for n in listener.notifies(timeout=1.0)]
+        assert "1" in notes and "" not in notes, notes
+    finally:
+        await judge.stop()
+        await listener.close()
 
 
 async def test_concurrent_judging_keeps_message_order_and_signals_each_human_once(

@@ -3,6 +3,10 @@ evidence as the Starlette-based functions read it, COPY lines and event ids."""
 
 from __future__ import annotations
 
+import time
+
+import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.datastructures import Headers
@@ -16,7 +20,7 @@ from api.tracking_fastpath import (
     PIXEL_GIF,
     _redirect,
 )
-from services.tracking_buffer import new_event_ids
+from services.tracking_buffer import batch_payload, hit_row, new_event_ids
 from services.tracking_request import (
     MAX_USER_AGENT,
     EvidenceReader,
@@ -93,3 +97,30 @@ def test_event_ids_look_like_new_id() -> None:
     ids = new_event_ids(1000)
     assert len(set(ids)) == 1000
     assert all(i.startswith("te_") and len(i) == 23 and int(i[3:], 16) >= 0 for i in ids)
+
+
+def test_event_ids_grow_with_time_so_the_primary_key_grows_at_its_edge() -> None:
+    before = new_event_ids(3)
+    time.sleep(0.002)
+    after = new_event_ids(3)
+    assert max(before) < min(after)  # the millisecond prefix moved on
+    assert int(after[0][3:15], 16) == pytest.approx(time.time() * 1000, abs=5_000)
+
+
+def test_a_batch_takes_ids_once_and_says_when_it_is_a_retry() -> None:
+    row = hit_row("s_1", "ab" * 12, "click", "book", 1.5, None, "ua", "GET", {"accept": ""})
+    payload, retry = batch_payload([row])
+    assert not retry and row[0] is not None
+    again, retry = batch_payload([row])
+    assert retry and again == payload  # same ids: ON CONFLICT keeps it from doubling
+    assert orjson.loads(payload)[0][1:] == [
+        "s_1",
+        "ab" * 12,
+        "click",
+        "book",
+        1.5,
+        None,
+        "ua",
+        "GET",
+        {"accept": ""},
+    ]
