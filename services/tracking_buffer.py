@@ -62,7 +62,8 @@ _LOCK_SHARED_SQL = f"SELECT pg_advisory_xact_lock_shared({HITS_LOCK})"
 # it once as jsonb (plain json would be re-parsed by every `->>`, which cost it ~9 us a
 # row), `at` is unix seconds. Ids are new on a first attempt, so the INSERT is plain; a
 # batch retried after an unknown outcome (a lost reply) adds ON CONFLICT DO NOTHING, so a
-# batch that did commit is not stored twice. The NOTIFY (`notify_sql`) goes in the same
+# batch that did commit is not stored twice; retried rows are never batched with fresh
+# ones (`HitBuffer._take`), whose id collisions must fail the INSERT. The NOTIFY (`notify_sql`) goes in the same
 # transaction, so it is delivered at commit, when the rows are visible; its payload is
 # the number of rows sent (a plain statement: counting the inserted rows through a CTE
 # cost PostgreSQL ~1 us a row).
@@ -150,8 +151,9 @@ def new_event_ids(n: int) -> list[str]:
 def batch_payload(batch: Sequence[HitRow]) -> tuple[bytes, bool]:
     """(the JSON array of `batch` in UTF-8, whether any row was attempted before: retry)."""
     fresh = [row for row in batch if row[ID] is None]
-    for row, event_id in zip(fresh, new_event_ids(len(fresh)), strict=True):
-        row[ID] = event_id
+    if fresh:
+        for row, event_id in zip(fresh, new_event_ids(len(fresh)), strict=True):
+            row[ID] = event_id
     return orjson.dumps(batch), len(fresh) < len(batch)
 
 
@@ -326,8 +328,8 @@ class HitBuffer:
                     await asyncio.wait_for(self._urgent.wait(), timeout=self.interval)
                 except TimeoutError:
                     pass
-            n = min(len(self._rows), self.batch_rows)
-            batch = [self._rows.popleft() for _ in range(n)]
+            batch = self._take()
+            n = len(batch)
             try:
                 await self._write(batch)
                 backoff = 0.05
@@ -362,6 +364,21 @@ class HitBuffer:
             self._progress.set()
             if not self._rows:
                 self._urgent.clear()
+
+    def _take(self) -> list[HitRow]:
+        """The next batch: rows written before (kept their ids after an unknown outcome)
+        OR fresh rows, never both. A retried batch is written with ON CONFLICT DO
+        NOTHING, which would skip a fresh row whose id another process drew instead of
+        failing on the key, and the failure is what gets such a row a new id.
+        Rows with ids only ever return to the front of the queue (extendleft), so when
+        the first row is fresh every row is, and the common case checks one row."""
+        rows, limit = self._rows, self.batch_rows
+        if not rows or rows[0][ID] is None:
+            return [rows.popleft() for _ in range(min(len(rows), limit))]
+        batch: list[HitRow] = []
+        while rows and rows[0][ID] is not None and len(batch) < limit:
+            batch.append(rows.popleft())
+        return batch
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:

@@ -354,3 +354,41 @@ async def test_a_retried_batch_is_not_stored_twice(db: Database) -> None:
     finally:
         await buffer.stop()
     assert await _count(db, send_id) == 3
+
+
+async def test_fresh_rows_behind_a_retried_row_still_get_new_ids_on_a_collision(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an unknown outcome the failed rows wait at the front of the queue, keeping
+    their ids. Fresh rows queued behind them must not share their ON CONFLICT DO NOTHING:
+    a fresh row whose id another process drew must fail on the key and be written again
+    under a new id, not be skipped."""
+    from services import tracking_buffer
+
+    send_id = f"s_{uuid.uuid4().hex[:20]}"
+    others = [_row(send_id, n) for n in range(3)]  # "another process's" rows
+    buffer = HitBuffer(db, interval=3600)  # written only when flushed
+    buffer.start()
+    try:
+        await buffer._write(others)
+        taken = [row[0] for row in others]
+        retried = _row(send_id, 3)
+        retried[0] = tracking_buffer.new_event_ids(1)[0]  # its first attempt's id
+        assert buffer.offer(retried)
+        real = tracking_buffer.new_event_ids
+        calls: list[int] = []
+
+        def taken_ids_first(n: int) -> list[str]:
+            if n:
+                calls.append(n)
+            return taken[:n] if len(calls) == 1 else real(n)
+
+        monkeypatch.setattr(tracking_buffer, "new_event_ids", taken_ids_first)
+        for n in range(4, 7):
+            assert buffer.offer(_row(send_id, n))
+        assert await buffer.flush(timeout=10)
+    finally:
+        await buffer.stop()
+    assert await _count(db, send_id) == 7
+    assert buffer.failed == 0
+    assert calls == [3, 3]  # the fresh rows drew taken ids once, then new ones
