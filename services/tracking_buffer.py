@@ -141,6 +141,13 @@ def _reseed() -> None:
     _next_counter = int.from_bytes(os.urandom(4), "big")
 
 
+# A server that imports the app before forking its workers (a preloading gunicorn, say)
+# would otherwise start every child on the parent's counter, and children writing in the
+# same millisecond would draw the same ids. (The prefix is the clock: nothing to reseed.)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed)
+
+
 def new_event_ids(n: int) -> list[str]:
     global _next_counter
     prefix = f"te_{time.time_ns() // 1_000_000:012x}"

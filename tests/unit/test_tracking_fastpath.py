@@ -3,6 +3,7 @@ evidence as the Starlette-based functions read it, COPY lines and event ids."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import orjson
@@ -124,3 +125,28 @@ def test_a_batch_takes_ids_once_and_says_when_it_is_a_retry() -> None:
         "GET",
         {"accept": ""},
     ]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_continue_its_parents_id_sequence() -> None:
+    """A server that imports the app and then forks its workers must not start every
+    child on the same counter: their ids would collide in every shared millisecond."""
+    new_event_ids(1)  # the parent's counter is in use before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id's counter and leave at once
+        try:
+            os.write(write, new_event_ids(1)[0][15:].encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        child = b""
+        while chunk := os.read(read, 64):
+            child += chunk
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    parent = new_event_ids(1)[0][15:]
+    assert len(child) == 8
+    assert child.decode() != parent  # equal by chance once in 2**32
