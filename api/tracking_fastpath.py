@@ -132,13 +132,38 @@ def _redirect(target: str) -> Reply:
 _KINDS = {"open": OPEN_KINDS, "click": CLICK_KINDS}
 
 
+class Pending:
+    """What `respond_cached` learnt about a request it could not answer alone, so that
+    `finish` neither verifies the token nor reads the evidence a second time: the link
+    is not cached (`link` None), or it is and its hit (`row`, answer `reply`) found the
+    buffer full."""
+
+    __slots__ = ("purpose", "link_hex", "expired", "link", "reply", "row")
+
+    def __init__(
+        self,
+        purpose: str,
+        link_hex: str,
+        expired: bool,
+        link: LinkInfo | None,
+        reply: Reply | None,
+        row: HitRow | None,
+    ) -> None:
+        self.purpose = purpose
+        self.link_hex = link_hex
+        self.expired = expired
+        self.link = link
+        self.reply = reply
+        self.row = row
+
+
 class TrackingEndpoints:
     """What /t/o/{token} and /t/c/{token} do, whoever routes the request here.
 
     `respond_cached` answers without awaiting anything whenever it can (a bad token, or a
     cached link whose hit goes on the buffer): the common case of a busy endpoint, with
-    no coroutine or task of its own. `respond` is the whole request, looking the link up
-    or writing the hit inline when it must."""
+    no coroutine or task of its own. Otherwise it returns a `Pending` and `finish` looks
+    the link up or writes the hit inline. `respond` is the two together."""
 
     def __init__(
         self,
@@ -210,20 +235,56 @@ class TrackingEndpoints:
         method: str,
         raw_headers: Iterable[tuple[bytes, bytes]],
         peer: str | None,
-    ) -> Reply | None:
+    ) -> Reply | Pending:
         """The answer if it needs no database (a bad token; a cached link, its hit taken
-        by the buffer), else None: then `respond`. Same arguments as `respond`."""
+        by the buffer), else what was found so far: hand it to `finish`, which does not
+        verify the token or read the evidence again. Same arguments as `respond`."""
         purpose = "open" if route == "o" else "click"
         verified = self._verify(token, purpose)
         if verified is None:
             return _pick(_NOT_FOUND, method)
         link = self.cache.peek(verified[0])
         if link is None:
-            return None
+            return Pending(purpose, verified[0], verified[1], None, None, None)
         reply, record = self._decide(purpose, link, method)
-        if record and not verified[1] and not self._offer(link, method, raw_headers, peer):
-            return None  # the buffer is full or stopped: `respond` writes it inline
-        return reply
+        if not record or verified[1]:
+            return reply
+        row = self._row(link, method, raw_headers, peer)
+        buffer = self.buffer
+        if buffer is not None and buffer.offer(row):
+            return reply
+        return Pending(purpose, verified[0], verified[1], link, reply, row)  # write it inline
+
+    async def finish(
+        self,
+        pending: Pending,
+        method: str,
+        raw_headers: Iterable[tuple[bytes, bytes]],
+        peer: str | None,
+    ) -> Reply:
+        """The rest of a request `respond_cached` could not answer: look the link up, or
+        write the hit the full buffer refused."""
+        if pending.link is None:
+            try:
+                link = await self.cache.get(pending.link_hex)
+            except Exception as exc:
+                if pending.purpose == "open":
+                    # The token is authentic, so the image is harmless: never break the
+                    # email's rendering because the database is briefly unreachable.
+                    log.error("open not recorded: %s", type(exc).__name__)
+                    return _pick(_PIXEL, method)
+                # Without the stored destination there is nowhere safe to send the reader.
+                log.error("click lookup failed: %s", type(exc).__name__)
+                return _pick(_UNAVAILABLE, method)
+            if link is None:
+                return _pick(_NOT_FOUND, method)
+            reply, record = self._decide(pending.purpose, link, method)
+            if record and not pending.expired:
+                await self._record(self._row(link, method, raw_headers, peer))
+            return reply
+        assert pending.reply is not None and pending.row is not None
+        await self._write_inline(pending.row)  # the buffer refused it a moment ago
+        return pending.reply
 
     async def respond(
         self,
@@ -235,29 +296,9 @@ class TrackingEndpoints:
     ) -> Reply:
         """`route` is "o" (pixel) or "c" (click); `method` GET or HEAD (upper case)."""
         reply = self.respond_cached(route, token, method, raw_headers, peer)
-        if reply is not None:
+        if isinstance(reply, Reply):
             return reply
-        purpose = "open" if route == "o" else "click"
-        verified = self._verify(token, purpose)
-        if verified is None:  # not reached: respond_cached answered bad tokens
-            return _pick(_NOT_FOUND, method)
-        try:
-            link = await self.cache.get(verified[0])
-        except Exception as exc:
-            if purpose == "open":
-                # The token is authentic, so the image is harmless: never break the
-                # email's rendering because the database is briefly unreachable.
-                log.error("open not recorded: %s", type(exc).__name__)
-                return _pick(_PIXEL, method)
-            # Without the stored destination there is nowhere safe to send the reader.
-            log.error("click lookup failed: %s", type(exc).__name__)
-            return _pick(_UNAVAILABLE, method)
-        if link is None:
-            return _pick(_NOT_FOUND, method)
-        reply, record = self._decide(purpose, link, method)
-        if record and not verified[1]:
-            await self._record(link, method, raw_headers, peer)
-        return reply
+        return await self.finish(reply, method, raw_headers, peer)
 
     def _row(
         self,
@@ -280,27 +321,14 @@ class TrackingEndpoints:
             headers,
         ]
 
-    def _offer(
-        self,
-        link: LinkInfo,
-        method: str,
-        raw_headers: Iterable[tuple[bytes, bytes]],
-        peer: str | None,
-    ) -> bool:
-        buffer = self.buffer
-        return buffer is not None and buffer.offer(self._row(link, method, raw_headers, peer))
-
-    async def _record(
-        self,
-        link: LinkInfo,
-        method: str,
-        raw_headers: Iterable[tuple[bytes, bytes]],
-        peer: str | None,
-    ) -> None:
+    async def _record(self, row: HitRow) -> None:
         """Buffer the hit; inline when the buffer is full or absent. Never raises."""
-        row = self._row(link, method, raw_headers, peer)
         if self.buffer is not None and self.buffer.offer(row):
             return
+        await self._write_inline(row)
+
+    async def _write_inline(self, row: HitRow) -> None:
+        """Write the hit before answering. Never raises."""
         try:
             # Bounded twice: statement and lock timeouts on the server, and this wait
             # for a server that stopped answering altogether.
@@ -355,8 +383,8 @@ class TrackingFastPath:
         route, token, headers = path[3], path[5:], scope["headers"]
         endpoints = self.endpoints
         reply = endpoints.respond_cached(route, token, method, headers, peer)
-        if reply is None:
-            reply = await endpoints.respond(route, token, method, headers, peer)
+        if not isinstance(reply, Reply):
+            reply = await endpoints.finish(reply, method, headers, peer)
         await send(
             {"type": "http.response.start", "status": reply.status, "headers": reply.headers}
         )

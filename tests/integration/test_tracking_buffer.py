@@ -392,3 +392,62 @@ async def test_fresh_rows_behind_a_retried_row_still_get_new_ids_on_a_collision(
     assert await _count(db, send_id) == 7
     assert buffer.failed == 0
     assert calls == [3, 3]  # the fresh rows drew taken ids once, then new ones
+
+
+async def test_each_request_verifies_its_token_and_reads_its_evidence_once(
+    db: Database, settings: Settings
+) -> None:
+    """With a full buffer (the hit written inline) and with an uncached link alike, the
+    lean path checks the token and parses the headers once per request."""
+    from api.tracking_fastpath import TrackingFastPath
+
+    msg = await make_message(db, settings, {"book": DEST})
+    buffer = HitBuffer(db, capacity=0, interval=3600)  # running, and always full
+    buffer.start()
+    endpoints = _endpoints(settings, db, buffer)
+    verified: list[str] = []
+    read: list[str | None] = []
+    verify, read_evidence = endpoints._verify, endpoints.evidence.read
+
+    def counting_verify(token: str, purpose: str) -> tuple[str, bool] | None:
+        verified.append(token)
+        return verify(token, purpose)
+
+    def counting_read(raw: object, peer: str | None) -> object:
+        read.append(peer)
+        return read_evidence(raw, peer)  # type: ignore[arg-type]
+
+    endpoints._verify = counting_verify  # type: ignore[method-assign]
+    endpoints.evidence.read = counting_read  # type: ignore[method-assign,assignment]
+    front = TrackingFastPath(lambda *_: None, endpoints)  # type: ignore[arg-type,return-value]
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def get(path: str) -> int:
+        verified.clear()
+        read.clear()
+        sent.clear()
+        scope = {
+            "type": "http",
+            "path": path,
+            "method": "GET",
+            "headers": [(b"user-agent", UA)],
+            "client": ("73.15.237.200", 4242),
+        }
+        assert await front.handle(scope, send)  # type: ignore[arg-type]
+        return int(sent[0]["status"])  # type: ignore[call-overload]
+
+    try:
+        assert await get(msg.click("book")) == 302  # uncached: looked up, written inline
+        assert (len(verified), len(read)) == (1, 1)
+        assert await get(msg.click("book")) == 302  # cached, the buffer full: inline
+        assert (len(verified), len(read)) == (1, 1)
+        assert await get(msg.pixel) == 200
+        assert (len(verified), len(read)) == (1, 1)
+        assert endpoints.inline_writes == 3
+        assert await _count(db, msg.send_id) == 3
+    finally:
+        await buffer.stop()
+        await endpoints.cache.close()
