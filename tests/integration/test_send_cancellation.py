@@ -29,11 +29,12 @@ from tests.integration.sending_support import (
     set_grant,
 )
 from tests.integration.smtp_support import Recorder, recorder
+from workflows.types import SendInput
 
 CAT = "care_reminders"
 
 
-async def _cancel_midway(acts: SendActivities, inp: object, reached: asyncio.Event) -> None:
+async def _cancel_midway(acts: SendActivities, inp: SendInput, reached: asyncio.Event) -> None:
     env = ActivityEnvironment()
     task = asyncio.create_task(env.run(acts.send_email, inp))
     await asyncio.wait_for(reached.wait(), 10)

@@ -36,7 +36,10 @@ async def env(settings: Settings, sink: SmtpSink) -> AsyncIterator[Settings]:
     yield sending_settings(settings)
 
 
-CASES = {
+Consents = list[tuple[str, bool, int | None]]
+Outcome = tuple[str, str | None]
+
+CASES: dict[str, tuple[Consents, str | None, Outcome]] = {
     # case: (consents in order as (category, granted, days ago or None), suppression, outcome)
     "granted": ([(CAT, True, None)], None, ("sent", None)),
     "suppressed_all": ([(CAT, True, None)], "*", ("blocked", "suppressed")),
