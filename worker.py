@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
@@ -33,6 +34,10 @@ from workflows.segment_sweep import SegmentSweepWorkflow
 
 log = logging.getLogger("journeys.worker")
 SHUTDOWN_GRACE_SECONDS = 10.0
+# Activities running at SIGTERM get this long to finish (a send mid-SMTP completes rather
+# than being cancelled at once); what is still running then is cancelled, leaving a few
+# seconds of the grace for cancellation handlers and QUITting the SMTP connections.
+GRACEFUL_ACTIVITY_SECONDS = SHUTDOWN_GRACE_SECONDS - 3.0
 
 
 def workflows() -> Sequence[type]:
@@ -107,6 +112,7 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
         **poller_options(settings),
         # Parked runs need no cache: evicted ones replay on their next event.
         max_cached_workflows=settings.worker_max_cached_workflows,
+        graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_ACTIVITY_SECONDS),
     )
 
 

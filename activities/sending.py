@@ -7,6 +7,10 @@ The ledger row (`send`, unique `send_key` = "{run_id}/{step}/{visit}") goes thro
     reserved --render, links saved--> sending --SMTP 250--> sent
                                       sending --5xx--> failed
                                       sending --4xx before/after DATA--> reserved (retry)
+                                      sending --cancelled before DATA--> reserved
+
+The pooled SMTP connection is taken before `sending` is committed, so a row is `sending`
+only while a message may actually be on its way to the relay.
 
 Every attempt holds a PostgreSQL advisory lock on the send key for its whole duration
 (on the connection it works through), so two attempts of the same send never overlap,
@@ -33,14 +37,18 @@ from typing import Any
 
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
-from sqlalchemy.dialects.postgresql import insert
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities.compose import DkimKey, compose, load_dkim
-from activities.smtp import PermanentSmtpError, SmtpTransport, TransientSmtpError
+from activities.smtp import (
+    PermanentSmtpError,
+    SendProgress,
+    SmtpTransport,
+    TransientSmtpError,
+)
 from core.config import Settings
 from core.db import Database
 from core.models import Contact, Send, Template, utcnow
@@ -68,31 +76,42 @@ def send_id_for(send_key: str) -> str:
     return f"s_{hashlib.sha256(send_key.encode()).hexdigest()[:20]}"
 
 
+# The ledger row in state `reserved` unless it exists: one statement shared by the send's
+# own reservation (_RESERVE_AND_CHECK) and the frequency-cap check's (insert_reservation).
+RESERVE_SQL = """\
+INSERT INTO send (id, send_key, run_id, journey_key, version, step, visit, contact_id,
+                  template_key, category, message_id, status, attempts, created_at)
+VALUES (%(id)s, %(send_key)s, %(run_id)s, %(journey_key)s, %(version)s, %(step)s,
+        %(visit)s, %(contact_id)s, %(template_key)s, %(category)s, %(message_id)s,
+        'reserved', 0, %(created_at)s)
+ON CONFLICT (send_key) DO NOTHING
+RETURNING *"""
+
+
+def reservation_params(inp: SendInput, mail_domain: str) -> dict[str, Any]:
+    send_key = send_key_of(inp)
+    return {
+        "id": send_id_for(send_key),
+        "send_key": send_key,
+        "run_id": inp.run_id,
+        "journey_key": inp.journey_key,
+        "version": inp.version,
+        "step": inp.step,
+        "visit": inp.visit,
+        "contact_id": inp.contact_id,
+        "template_key": inp.template_key,
+        "category": inp.category,
+        "message_id": message_id_for(send_key, mail_domain),
+        "created_at": utcnow(),
+    }
+
+
 async def insert_reservation(s: AsyncSession, inp: SendInput, mail_domain: str) -> Send | None:
     """The ledger row in state `reserved`, unless it exists (then None; caller commits)."""
-    send_key = send_key_of(inp)
-    stmt = (
-        insert(Send)
-        .values(
-            id=send_id_for(send_key),
-            send_key=send_key,
-            run_id=inp.run_id,
-            journey_key=inp.journey_key,
-            version=inp.version,
-            step=inp.step,
-            visit=inp.visit,
-            contact_id=inp.contact_id,
-            template_key=inp.template_key,
-            category=inp.category,
-            message_id=message_id_for(send_key, mail_domain),
-            status="reserved",
-            attempts=0,
-            created_at=utcnow(),
-        )
-        .on_conflict_do_nothing(index_elements=["send_key"])
-        .returning(Send)
-    )
-    return (await s.scalars(stmt)).first()
+    conn = await s.connection()
+    result = await conn.exec_driver_sql(RESERVE_SQL, reservation_params(inp, mail_domain))
+    row = result.mappings().first()
+    return Send(**{k: row[k] for k in _SEND_COLUMNS}) if row is not None else None
 
 
 def _advisory_key(namespace: bytes, key: str) -> int:
@@ -113,21 +132,18 @@ def cap_lock_key(contact_id: str) -> int:
 # parameters): no ORM statement building per send, one statement where the ORM path took
 # several, and sent in pipelined transactions (_Held.pipelined).
 
-# Reserve the ledger row under the contact's cap lock (taken before the INSERT: the
-# one-time filter is evaluated first) and read, in the same statement, the row (new or
-# earlier), the contact, the template and the SPEC section 7 checks: a suppression of the
-# address for the category or globally, and whether the newest consent is a grant. The
-# send's own advisory lock was taken by the statement before, so this snapshot follows it.
-_RESERVE_AND_CHECK = """\
+# The contact's cap lock, as a statement of its own before _RESERVE_AND_CHECK (same
+# pipelined transaction): under READ COMMITTED each statement takes its snapshot when it
+# starts, so the checks and the reservation below see whatever was committed while this
+# one waited (an erasure, an unsubscribe, a revoked consent, the cap check's reservation).
+_CAP_LOCK = "SELECT pg_advisory_xact_lock(%(cap_key)s)"
+
+# Reserve the ledger row and read, in the same statement, the row (new or earlier), the
+# contact, the template and the SPEC section 7 checks: a suppression of the address for
+# the category or globally, and whether the newest consent is a grant.
+_RESERVE_AND_CHECK = f"""\
 WITH ins AS (
-  INSERT INTO send (id, send_key, run_id, journey_key, version, step, visit, contact_id,
-                    template_key, category, message_id, status, attempts, created_at)
-  SELECT %(id)s, %(send_key)s, %(run_id)s, %(journey_key)s, %(version)s, %(step)s,
-         %(visit)s, %(contact_id)s, %(template_key)s, %(category)s, %(message_id)s,
-         'reserved', 0, %(created_at)s
-  WHERE (SELECT pg_advisory_xact_lock(%(cap_key)s)::text) IS NOT NULL
-  ON CONFLICT (send_key) DO NOTHING
-  RETURNING *
+{RESERVE_SQL}
 ), snd AS (
   SELECT * FROM ins
   UNION ALL
@@ -188,6 +204,11 @@ ON CONFLICT (send_id) DO UPDATE SET send_id = EXCLUDED.send_id
 """
 
 _RESET_RESERVED = "UPDATE send SET status = 'reserved', detail = %(detail)s WHERE id = %(send_id)s"
+# After a cancellation before DATA: nothing reached the relay, so the send is not in flight.
+_UNMARK_SENDING = (
+    "UPDATE send SET status = 'reserved', detail = 'cancelled_before_data'"
+    " WHERE id = %s AND status = 'sending' RETURNING id"
+)
 _IN_OUTBOX = "SELECT id FROM outbox_message WHERE message_id = %(message_id)s LIMIT 1"
 _UNLOCK = "SELECT pg_advisory_unlock(%(key)s)"
 
@@ -378,27 +399,52 @@ class SendActivities:
             return await self._finish(held, send, "failed", f"message: {exc}")
 
         links = composed.links.rows
-        await held.pipelined(
-            [
-                (
-                    _MARK_SENDING,
-                    {
-                        "send_id": send.id,
-                        "email_hash": hashed,
-                        "category": send.category,
-                        "ids": [r.id for r in links],
-                        "kinds": [r.kind for r in links],
-                        "names": [r.name for r in links],
-                        "urls": [r.url for r in links],
-                    },
-                )
-            ]
-        )
+        # The connection first: waiting for a pool slot happens while the row is still
+        # `reserved`, so a cancellation or a busy pool leaves nothing to settle.
+        try:
+            conn = await self.transport.acquire()
+        except TransientSmtpError as exc:
+            raise ApplicationError(
+                f"transient SMTP failure ({exc.detail})", type="SmtpTransient"
+            ) from None
+        progress = SendProgress()
+        try:
+            await held.pipelined(
+                [
+                    (
+                        _MARK_SENDING,
+                        {
+                            "send_id": send.id,
+                            "email_hash": hashed,
+                            "category": send.category,
+                            "ids": [r.id for r in links],
+                            "kinds": [r.kind for r in links],
+                            "names": [r.name for r in links],
+                            "urls": [r.url for r in links],
+                        },
+                    )
+                ]
+            )
+        except BaseException as exc:
+            await self.transport.release(conn)
+            if isinstance(exc, asyncio.CancelledError):
+                await self._unmark_sending(held, send.id)  # it may have committed
+            raise
         send.status, send.detail = "sending", None
         send.attempts, send.email_hash = send.attempts + 1, hashed
 
         try:
-            await self.transport.send(self.settings.envelope_sender, contact.email, composed.raw)
+            await self.transport.send(
+                self.settings.envelope_sender,
+                contact.email,
+                composed.raw,
+                conn=conn,
+                progress=progress,
+            )
+        except asyncio.CancelledError:
+            if not progress.data_started:
+                await self._unmark_sending(held, send.id)
+            raise  # during DATA: stays `sending`, settled by the next attempt
         except TransientSmtpError as exc:
             if not exc.delivered_unknown:
                 # The relay certainly did not take it: the next attempt starts afresh.
@@ -420,30 +466,34 @@ class SendActivities:
         reserved it already) with what the checks need; one statement in its own
         transaction. A new row is committed under the contact's cap lock, so the cap
         decisions of the contact's other runs (capped journeys) count this send from now on."""
-        [row] = await held.pipelined(
+        params = reservation_params(inp, self.settings.mail_domain)
+        _, row = await held.pipelined(
             [
-                (
-                    _RESERVE_AND_CHECK,
-                    {
-                        "id": send_id_for(send_key),
-                        "send_key": send_key,
-                        "run_id": inp.run_id,
-                        "journey_key": inp.journey_key,
-                        "version": inp.version,
-                        "step": inp.step,
-                        "visit": inp.visit,
-                        "contact_id": inp.contact_id,
-                        "template_key": inp.template_key,
-                        "category": inp.category,
-                        "message_id": message_id_for(send_key, self.settings.mail_domain),
-                        "created_at": utcnow(),
-                        "cap_key": cap_lock_key(inp.contact_id),
-                    },
-                )
+                (_CAP_LOCK, {"cap_key": cap_lock_key(inp.contact_id)}),
+                (_RESERVE_AND_CHECK, params),
             ]
         )
-        assert row is not None
+        if row is None:  # the row vanished between the INSERT's conflict and the read
+            raise ApplicationError("send ledger row not found; retrying", type="SendLedgerRace")
         return row
+
+    async def _unmark_sending(self, held: _Held, send_id: str) -> None:
+        """Back to `reserved` after a cancellation before DATA (worker shutdown, the
+        attempt's time running out), so the next attempt sends rather than settles: a row
+        is `sending` only while a message may be on its way to the relay. Shielded from
+        the cancellation; if the connection is unusable the row stays `sending` and the
+        next attempt settles it as before."""
+
+        async def reset() -> None:
+            raw = held.raw
+            if raw.info.transaction_status != TransactionStatus.IDLE:
+                await raw.rollback()
+            await _autocommit_scalar(raw, _UNMARK_SENDING, send_id)
+
+        try:
+            await asyncio.shield(reset())
+        except Exception as exc:  # type only: messages of database errors can quote rows
+            log.warning("send %s left sending after cancellation (%s)", send_id, type(exc).__name__)
 
     async def _settle_interrupted(self, held: _Held, send: Send) -> SendResult | None:
         """A previous attempt died after `sending` was committed (module doc)."""

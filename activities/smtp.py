@@ -18,7 +18,10 @@ if TYPE_CHECKING:
     from core.config import Settings
 
 
-COMMAND_TIMEOUT = 30.0  # seconds per SMTP command (and to wait for a pooled connection)
+COMMAND_TIMEOUT = 30.0  # seconds per SMTP command
+# Seconds a send waits for a pooled connection: well under send_email's 60 s budget, so a
+# busy pool ends the attempt (retried later) instead of the budget running out.
+POOL_WAIT = 10.0
 
 
 class SmtpConfigError(RuntimeError):
@@ -111,6 +114,14 @@ def parse_smtp_url(url: str, allow_plaintext: bool) -> SmtpTarget:
     )
 
 
+@dataclass
+class SendProgress:
+    """How far `SmtpTransport.send` got: once DATA has begun the relay may hold the
+    message; before that nothing can have been accepted."""
+
+    data_started: bool = False
+
+
 class _StaleConnection(Exception):
     """A reused connection failed before DATA: the relay had given up on it while idle."""
 
@@ -153,7 +164,7 @@ class SmtpTransport:
             max_size=pool_size,
             idle_timeout=idle_timeout,
             max_messages=max_messages,
-            acquire_timeout=COMMAND_TIMEOUT,
+            acquire_timeout=POOL_WAIT,
         )
         _transports.add(self)
 
@@ -201,6 +212,15 @@ class SmtpTransport:
             raise TransientSmtpError(f"smtp_{stage}_{type(exc).__name__}") from None
         return client, greeting.message or ""
 
+    async def acquire(self) -> PooledConnection:
+        """A pooled connection for one `send` (which gives it back), waiting at most
+        POOL_WAIT for a free slot; `release` it if the send does not happen."""
+        return await self._acquire()
+
+    async def release(self, conn: PooledConnection) -> None:
+        """Give back a connection from `acquire` that carried no transaction."""
+        await self.pool.release(conn, reusable=True)
+
     async def _acquire(self) -> PooledConnection:
         try:
             return await self.pool.acquire()
@@ -216,19 +236,31 @@ class SmtpTransport:
             self._builtin_sink = SINK_IDENT in greeting
         return self._builtin_sink
 
-    async def send(self, mail_from: str, rcpt: str, message: bytes) -> None:
+    async def send(
+        self,
+        mail_from: str,
+        rcpt: str,
+        message: bytes,
+        *,
+        conn: PooledConnection | None = None,
+        progress: SendProgress | None = None,
+    ) -> None:
         """Hand one message to the relay, or raise what went wrong and whether it may
-        have been accepted anyway (see TransientSmtpError.delivered_unknown)."""
-        conn = await self._acquire()
+        have been accepted anyway (see TransientSmtpError.delivered_unknown). `conn`, from
+        `acquire`, is used (and given back) instead of waiting for one here; `progress`
+        tells a caller whose send was cancelled whether DATA had begun."""
+        if conn is None:
+            conn = await self._acquire()
+        progress = progress if progress is not None else SendProgress()
         settled = False  # the exchange ended where the protocol expects (else cut it off)
         try:
             try:
-                await self._transaction(conn, mail_from, rcpt, message)
+                await self._transaction(conn, mail_from, rcpt, message, progress)
             except _StaleConnection:
                 await self.pool.discard(conn)
                 conn = await self.pool.open_new()  # same slot; fails as a fresh connect would
                 try:
-                    await self._transaction(conn, mail_from, rcpt, message)
+                    await self._transaction(conn, mail_from, rcpt, message, progress)
                 except _StaleConnection as again:  # not raised for a new connection
                     raise again.cause from None
             settled = True
@@ -239,7 +271,12 @@ class SmtpTransport:
             await self.pool.release(conn, reusable=settled)
 
     async def _transaction(
-        self, conn: PooledConnection, mail_from: str, rcpt: str, message: bytes
+        self,
+        conn: PooledConnection,
+        mail_from: str,
+        rcpt: str,
+        message: bytes,
+        progress: SendProgress,
     ) -> None:
         """MAIL, RCPT, DATA on `conn`. Whatever leaves `conn` unfit for another message
         (a 421, a dropped connection, a timeout, a failed RSET) closes it here."""
@@ -255,6 +292,7 @@ class SmtpTransport:
             stage = "rcpt"
             await client.rcpt(rcpt, encoding=encoding)
             stage = "data"
+            progress.data_started = True
             await client.data(message)
         except aiosmtplib.SMTPResponseException as exc:
             # The relay answered: nothing was accepted, whatever the stage.

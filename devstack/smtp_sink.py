@@ -21,7 +21,7 @@ from email.parser import BytesHeaderParser
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from sqlalchemy import insert
+from sqlalchemy.dialects.postgresql import insert
 
 from activities.smtp import SINK_IDENT
 from core.db import Database
@@ -203,8 +203,12 @@ class SinkHandler:
 def db_store(db: Database) -> Store:
     """One INSERT per message, straight through the engine (no ORM session), committed
     by itself (autocommit: no BEGIN/COMMIT round trips). It is done before the sink
-    answers 250, so the outbox holds every message the sink accepted."""
-    statement = insert(OutboxMessage)
+    answers 250, so the outbox holds every message the sink accepted.
+
+    Idempotent on Message-ID (unique in outbox_message): if the INSERT commits but its
+    answer is lost, the sink says 451 and the sender sends the message again; that second
+    copy is the same message, already stored, so it is not stored twice."""
+    statement = insert(OutboxMessage).on_conflict_do_nothing(index_elements=["message_id"])
     engine = db.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def store(msg: ReceivedMessage) -> None:

@@ -33,16 +33,6 @@ def test_pool_settings_come_from_settings() -> None:
     )
     pool = SmtpTransport.from_settings(s).pool
     assert (pool.max_size, pool.idle_timeout, pool.max_messages) == (3, 2.5, 7)
-    defaults = SmtpTransport.from_settings(s.model_copy(update=_defaults())).pool
-    assert (defaults.max_size, defaults.idle_timeout, defaults.max_messages) == (10, 30.0, 100)
-
-
-def _defaults() -> dict[str, object]:
-    d = Settings(_env_file=None)  # type: ignore[call-arg]
-    return {
-        k: getattr(d, k)
-        for k in ("smtp_pool_size", "smtp_pool_idle_seconds", "smtp_pool_max_messages")
-    }
 
 
 def test_missing_url_and_bad_pool_settings_are_refused() -> None:
