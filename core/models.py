@@ -355,8 +355,7 @@ class OutboxMessage(SQLModel, table=True):
     mail_from: str
     rcpt_to: list[str] = _json(list)
     subject: str = ""
-    # Unique: the sink stores a message once even if it is sent again (devstack/smtp_sink.py).
-    message_id: str | None = Field(default=None, sa_column=Column(String, index=True, unique=True, nullable=True))
+    message_id: str | None = Field(default=None, sa_column=Column(String, index=True, nullable=True))
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     received_at: datetime = _ts()
 

@@ -21,7 +21,7 @@ from email.parser import BytesHeaderParser
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import insert, text
 
 from activities.smtp import SINK_IDENT
 from core.db import Database
@@ -42,6 +42,7 @@ class ReceivedMessage:
 
 
 Store = Callable[[ReceivedMessage], Awaitable[None]]
+Stored = Callable[[ReceivedMessage], Awaitable[bool]]
 
 # The header block ends at the first empty line (CRLF on the wire; LF tolerated).
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
@@ -138,9 +139,14 @@ class InboundHook(Protocol):
 
 class SinkHandler:
     def __init__(
-        self, store: Store, faults: SinkFaults | None = None, inbound: InboundHook | None = None
+        self,
+        store: Store,
+        faults: SinkFaults | None = None,
+        inbound: InboundHook | None = None,
+        stored: Stored | None = None,
     ) -> None:
         self.store = store
+        self.stored = stored
         self.faults = faults or SinkFaults()
         self.inbound = inbound
         self.received = 0
@@ -191,6 +197,11 @@ class SinkHandler:
         try:
             await self.store(msg)
         except Exception as exc:
+            if await self._stored_anyway(msg):
+                # The INSERT committed but its answer was lost: the message is kept, so it
+                # is accepted (a 451 would make the sender send it a second time).
+                self.received += 1
+                return "250 2.0.0 OK: queued"
             # Not stored, so not accepted: a 4xx the sender retries, as a relay answers
             # when its queue is unavailable (aiosmtpd would answer 500, a permanent
             # failure). Type only: messages of database errors can quote the row.
@@ -200,15 +211,24 @@ class SinkHandler:
         return "250 2.0.0 OK: queued"
 
 
+    async def _stored_anyway(self, msg: ReceivedMessage) -> bool:
+        if self.stored is None or msg.message_id is None:
+            return False
+        try:
+            return await self.stored(msg)
+        except Exception:
+            return False
+
+
 def db_store(db: Database) -> Store:
     """One INSERT per message, straight through the engine (no ORM session), committed
     by itself (autocommit: no BEGIN/COMMIT round trips). It is done before the sink
     answers 250, so the outbox holds every message the sink accepted.
 
-    Idempotent on Message-ID (unique in outbox_message): if the INSERT commits but its
-    answer is lost, the sink says 451 and the sender sends the message again; that second
-    copy is the same message, already stored, so it is not stored twice."""
-    statement = insert(OutboxMessage).on_conflict_do_nothing(index_elements=["message_id"])
+    Every accepted copy is its own row, so a sender that mails one message twice shows
+    as two rows (the exactly-once tests count them); `db_stored` tells a failed INSERT
+    that did commit from one that did not."""
+    statement = insert(OutboxMessage)
     engine = db.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def store(msg: ReceivedMessage) -> None:
@@ -226,6 +246,24 @@ def db_store(db: Database) -> Store:
             )
 
     return store
+
+
+_STORED = text(
+    "SELECT 1 FROM outbox_message WHERE message_id = :mid AND raw = :raw"
+    " AND received_at > now() - interval '5 minutes' LIMIT 1"
+)
+
+
+def db_stored(db: Database) -> Stored:
+    """Whether this very message was stored in the last minutes (asked after a failed
+    store, whose INSERT may have committed before the connection broke)."""
+
+    async def stored(msg: ReceivedMessage) -> bool:
+        async with db.engine.connect() as conn:
+            found = await conn.execute(_STORED, {"mid": msg.message_id, "raw": msg.raw})
+            return found.first() is not None
+
+    return stored
 
 
 class SmtpSink:

@@ -22,7 +22,7 @@ from core.migrate import upgrade_async
 from devstack.inbound import InboundMail
 from devstack.ports import PortTaken, port_in_use
 from devstack.postgres import EmbeddedPostgres
-from devstack.smtp_sink import SinkHandler, SmtpSink, db_store
+from devstack.smtp_sink import SinkHandler, SmtpSink, db_store, db_stored
 from devstack.temporal import TemporalDevServer
 
 Say = Callable[[str], None]
@@ -109,7 +109,7 @@ async def run_dev(settings: Settings, say: Say = print) -> int:
 
         if not settings.smtp_url:
             inbound = InboundMail(db, settings, await _temporal_client(settings, env))
-            handler = SinkHandler(db_store(db), inbound=inbound)
+            handler = SinkHandler(db_store(db), inbound=inbound, stored=db_stored(db))
             sink = SmtpSink(handler, port=settings.smtp_sink_port)
             await sink.start()
             env["SMTP_URL"] = f"smtp://127.0.0.1:{settings.smtp_sink_port}"

@@ -18,7 +18,7 @@ from core.db import Database
 from core.migrate import upgrade_async
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
-from devstack.smtp_sink import SinkHandler, SmtpSink, db_store
+from devstack.smtp_sink import SinkHandler, SmtpSink, db_store, db_stored
 from devstack.temporal import TemporalDevServer
 
 
@@ -61,7 +61,7 @@ async def throwaway_stack(prefix: str, **settings: object) -> AsyncIterator[Thro
         config = Settings(**values)
         config.secret_values()
         db = Database(pg.url())
-        sink = SmtpSink(SinkHandler(db_store(db)), port=sink_port)
+        sink = SmtpSink(SinkHandler(db_store(db), stored=db_stored(db)), port=sink_port)
         await sink.start()
         try:
             yield Throwaway(workdir, config, db, pg, temporal, sink)

@@ -24,7 +24,7 @@ from core.migrate import upgrade_async
 from core.temporal import connect, keyring
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
-from devstack.smtp_sink import SinkHandler, SmtpSink, db_store
+from devstack.smtp_sink import SinkHandler, SmtpSink, db_store, db_stored
 from devstack.temporal import TemporalDevServer, test_server_binary
 
 
@@ -88,7 +88,7 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
 
 @pytest_asyncio.fixture(scope="session")
 async def sink(db: Database, sink_port: int) -> AsyncIterator[SmtpSink]:
-    s = SmtpSink(SinkHandler(db_store(db)), port=sink_port)
+    s = SmtpSink(SinkHandler(db_store(db), stored=db_stored(db)), port=sink_port)
     await s.start()
     yield s
     await s.stop()

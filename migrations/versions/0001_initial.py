@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 21:34:12.715147
+Create Date: 2026-11-22 21:39:54.579423
 """
 from collections.abc import Sequence
 
@@ -106,7 +106,7 @@ def upgrade() -> None:
     sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
-    op.create_index(op.f('ix_outbox_message_message_id'), 'outbox_message', ['message_id'], unique=True)
+    op.create_index(op.f('ix_outbox_message_message_id'), 'outbox_message', ['message_id'], unique=False)
     op.create_table('report_counter',
     sa.Column('journey_key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
