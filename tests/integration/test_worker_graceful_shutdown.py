@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from sqlmodel import select
@@ -14,16 +12,12 @@ from temporalio.client import Client
 
 from core.config import Settings
 from core.db import Database
-from core.models import JourneyVersion, Send
-from devstack.child_env import child_env
-from services.context import ServiceContext
+from core.models import Send
 from services.enrollment import start_run
-from services.journeys import create_journey, publish_journey
 from tests.helpers import eventually
-from tests.integration.sending_support import new_contact, new_template, set_grant, tag
+from tests.integration.sending_support import new_contact, set_grant, tag
 from tests.integration.smtp_support import recorder, running_sink
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.integration.worker_process import send_then_exit, worker_process
 
 
 async def test_sigterm_lets_a_send_in_progress_finish(
@@ -40,35 +34,8 @@ async def test_sigterm_lets_a_send_in_progress_finish(
                 "smtp_builtin_sink": False,  # a relay: an interrupted send would be uncertain
             }
         )
-        log = workdir / f"worker-{queue}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "worker"],
-                cwd=REPO,
-                env=child_env(own, SMTP_BUILTIN_SINK="false"),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            template = await new_template(db)
-            key = f"graceful-{tag()}"
-            async with db.session() as s:
-                ctx = ServiceContext(s, settings, temporal)
-                await create_journey(
-                    ctx,
-                    {
-                        "key": key, "name": "graceful", "category": "care",
-                        "trigger": {"type": "manual"}, "start": "send",
-                        "steps": {
-                            "send": {"type": "send_email", "template": template.key, "next": "done"},
-                            "done": {"type": "exit"},
-                        },
-                    },
-                )  # fmt: skip
-                await publish_journey(ctx, key)
-                version = await s.get(JourneyVersion, (key, 1))
-            assert version is not None
+        with worker_process(own, workdir, SMTP_BUILTIN_SINK="false") as (proc, log):
+            version = await send_then_exit(db, settings, temporal, "graceful")
             contact = await new_contact(db, settings)
             await set_grant(db, settings, contact.id, "care")
             assert await start_run(temporal, queue, version, contact.id)
@@ -85,7 +52,3 @@ async def test_sigterm_lets_a_send_in_progress_finish(
             assert send is not None
             assert (send.status, send.detail) == ("sent", None)
             assert rec.ids() == [send.message_id]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
