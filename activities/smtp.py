@@ -215,24 +215,21 @@ class SmtpTransport:
     async def acquire(self) -> PooledConnection:
         """A pooled connection for one `send` (which gives it back), waiting at most
         POOL_WAIT for a free slot; `release` it if the send does not happen."""
-        return await self._acquire()
-
-    async def release(self, conn: PooledConnection) -> None:
-        """Give back a connection from `acquire` that carried no transaction."""
-        await self.pool.release(conn, reusable=True)
-
-    async def _acquire(self) -> PooledConnection:
         try:
             return await self.pool.acquire()
         except PoolBusy:
             raise TransientSmtpError("smtp_pool_busy") from None
 
+    async def release(self, conn: PooledConnection) -> None:
+        """Give back a connection from `acquire` that carried no transaction."""
+        await self.pool.release(conn, reusable=True)
+
     async def is_builtin_sink(self) -> bool:
         """Whether the target greets as the built-in sink (asked once, then remembered)."""
         if self._builtin_sink is None:
-            conn = await self._acquire()
+            conn = await self.acquire()
             greeting = conn.greeting
-            await self.pool.release(conn, reusable=True)
+            await self.release(conn)
             self._builtin_sink = SINK_IDENT in greeting
         return self._builtin_sink
 
@@ -250,7 +247,7 @@ class SmtpTransport:
         `acquire`, is used (and given back) instead of waiting for one here; `progress`
         tells a caller whose send was cancelled whether DATA had begun."""
         if conn is None:
-            conn = await self._acquire()
+            conn = await self.acquire()
         progress = progress if progress is not None else SendProgress()
         settled = False  # the exchange ended where the protocol expects (else cut it off)
         try:

@@ -72,16 +72,6 @@ def misconfigured(exc: BaseException) -> TypeGuard[RPCError]:
     return isinstance(exc, RPCError) and (exc.status in MISCONFIGURED or namespace_not_found(exc))
 
 
-def retryable(exc: BaseException) -> bool:
-    """Worth trying again later: transient, or a configuration an operator will fix."""
-    return transient(exc) or misconfigured(exc)
-
-
-def permanent(exc: BaseException) -> bool:
-    """A Temporal refusal no retry cures (the call's data): record, log, stop."""
-    return isinstance(exc, RPCError) and not retryable(exc) and not run_not_found(exc)
-
-
 def refusal_code(exc: RPCError) -> str:
     """A reason code for the refusal (status only, never the message: it may hold ids)."""
     if namespace_not_found(exc):

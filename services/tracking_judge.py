@@ -79,8 +79,8 @@ LISTENER_NAME = "journeys-judge"  # + "-<pid>": the listener in pg_stat_activity
 SIGNAL_SENT = "sent"
 SIGNAL_RUN_ENDED = "run_ended"  # the run that sent the message is no longer running
 SIGNAL_NO_RUN = "no_run"  # the message was not sent by a run (or its run row is gone)
-# Temporal refused the signal for good (services.temporal_errors.permanent; a misconfigured
-# namespace or credentials are retried instead): "refused:<reason code>".
+# Temporal refused the signal for good (not transient, not misconfigured, not a closed
+# run; a misconfigured namespace or credentials are retried instead): "refused:<code>".
 SIGNAL_REFUSED = "refused"
 SIGNAL_RPC_TIMEOUT = timedelta(seconds=5)
 

@@ -9,14 +9,7 @@ from temporalio.api.common.v1 import GrpcStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from services.dispatch import RETRY_MAX, Reach, retry_delay
-from services.temporal_errors import (
-    misconfigured,
-    permanent,
-    refusal_code,
-    retryable,
-    run_not_found,
-    transient,
-)
+from services.temporal_errors import misconfigured, refusal_code, run_not_found, transient
 
 
 def _rpc(status: RPCStatusCode, detail: str = "") -> RPCError:
@@ -39,7 +32,8 @@ def test_transient_is_about_transport_and_load_not_bugs() -> None:
         RPCStatusCode.RESOURCE_EXHAUSTED,
         RPCStatusCode.ABORTED,
     ):
-        assert transient(_rpc(status)) and not permanent(_rpc(status))
+        err = _rpc(status)
+        assert transient(err) and not misconfigured(err) and not run_not_found(err)
     assert transient(TimeoutError())
     assert transient(ConnectionResetError())
     assert transient(RuntimeError("Failed client connect: Server connection error"))
@@ -55,12 +49,12 @@ def test_data_problems_are_permanent_with_a_reason_code() -> None:
         RPCStatusCode.ALREADY_EXISTS,
     ):
         err = _rpc(status)
-        assert not transient(err) and not misconfigured(err) and not retryable(err)
-        assert permanent(err)
+        # Neither retried nor an answer: the callers record it as refused, for good.
+        assert not transient(err) and not misconfigured(err) and not run_not_found(err)
         assert refusal_code(err) == f"temporal_{status.name.lower()}"
     # A workflow not found is an answer (the run closed), not a failure.
     gone = _rpc(RPCStatusCode.NOT_FOUND, "NotFoundFailure")
-    assert run_not_found(gone) and not permanent(gone) and not retryable(gone)
+    assert run_not_found(gone) and not transient(gone) and not misconfigured(gone)
 
 
 def test_a_misconfigured_deployment_is_retried_not_final() -> None:
@@ -68,11 +62,11 @@ def test_a_misconfigured_deployment_is_retried_not_final() -> None:
     lose everything received meanwhile."""
     for status in (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNAUTHENTICATED):
         err = _rpc(status)
-        assert misconfigured(err) and retryable(err) and not permanent(err)
+        assert misconfigured(err) and not run_not_found(err)
         assert not transient(err)  # (told apart: logged loudly)
         assert refusal_code(err) == f"temporal_{status.name.lower()}"
     missing_ns = _rpc(RPCStatusCode.NOT_FOUND, "NamespaceNotFoundFailure")
-    assert misconfigured(missing_ns) and retryable(missing_ns) and not permanent(missing_ns)
+    assert misconfigured(missing_ns) and not transient(missing_ns)
     assert not run_not_found(missing_ns)
     assert refusal_code(missing_ns) == "temporal_namespace_not_found"
 
