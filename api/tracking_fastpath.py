@@ -30,7 +30,7 @@ from core.config import Settings
 from core.db import Database
 from core.tokens import TokenSigner
 from services.tracking import CLICK_KINDS, OPEN_KINDS, LinkCache, LinkInfo, safe_target
-from services.tracking_buffer import CLIENT_MARGIN, KIND, HitBuffer, HitRow, write_inline
+from services.tracking_buffer import CLIENT_MARGIN, KIND, HitBuffer, HitRow, hit_row, write_inline
 from services.tracking_request import (
     EvidenceReader,
     IPNetwork,
@@ -308,8 +308,7 @@ class TrackingEndpoints:
         peer: str | None,
     ) -> HitRow:
         ip, user_agent, headers = self.evidence.read(raw_headers, peer)
-        return [
-            None,
+        return hit_row(
             link.send_id,
             link.id,
             link.hit_kind,
@@ -319,7 +318,7 @@ class TrackingEndpoints:
             user_agent or None,
             method,
             headers,
-        ]
+        )
 
     async def _record(self, row: HitRow) -> None:
         """Buffer the hit; inline when the buffer is full or absent. Never raises."""
