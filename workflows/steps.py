@@ -270,7 +270,7 @@ class StepRunner(Interpreter):
                     SendCapResult,
                 )
                 if counted.next_allowed_at is not None:
-                    next_allowed, outcome = counted.next_allowed_at, "frequency_cap"
+                    outcome = "frequency_cap"
                     if counted.basis != CAP_BY_SENT and workflow.patched(CAP_UNDECIDED_PATCH):
                         if counted.basis == CAP_BY_IN_FLIGHT:
                             undecided_looks += 1
@@ -293,7 +293,7 @@ class StepRunner(Interpreter):
                         return step.next
                     if outcome != "frequency_cap":
                         self.log(name, visit, "deferred", outcome)
-                    until = max(next_allowed, now + MIN_DEFER)
+                    until = max(counted.next_allowed_at, now + MIN_DEFER)
                     await self.pause(name, visit, until, {"kind": "frequency_cap"})
                     continue
             break
