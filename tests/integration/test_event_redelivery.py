@@ -8,6 +8,7 @@ import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -53,9 +54,18 @@ async def unreachable(settings: Settings) -> Client:
 async def api_without_temporal(
     settings: Settings, db: Database, unreachable: Client, admin_key: str
 ) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_with_temporal(settings, db, unreachable, admin_key) as c:
+        yield c
+
+
+@asynccontextmanager
+async def api_with_temporal(
+    settings: Settings, db: Database, temporal: Client, admin_key: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API (over ASGI, with the admin key) talking to the given Temporal client."""
     from api.main import create_app
 
-    app = create_app(settings, db=db, temporal=unreachable)
+    app = create_app(settings, db=db, temporal=temporal)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
     async with httpx.AsyncClient(
         transport=transport,

@@ -35,7 +35,7 @@ from services.events import store_event
 from services.journeys import latest_version
 from tests.helpers import eventually
 from tests.integration.entry_support import contact, definition, published, tag
-from tests.integration.test_event_redelivery import _event, _runs, _signals
+from tests.integration.test_event_redelivery import _event, _runs, _signals, api_with_temporal
 from workflows.journey import workflow_id
 from workflows.types import EventSignal
 
@@ -211,20 +211,12 @@ async def api_wrong_namespace(
     settings: Settings, db: Database, temporal: Client, admin_key: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The API configured with a namespace the Temporal server does not have."""
-    from api.main import create_app
-
     client = await Client.connect(
         temporal.service_client.config.target_host,
         namespace=f"missing-{uuid.uuid4().hex[:8]}",
         data_converter=data_converter(keyring(settings)),
     )
-    app = create_app(settings, db=db, temporal=client)
-    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
-    async with httpx.AsyncClient(
-        transport=transport,
-        base_url="http://testserver",
-        headers={"Authorization": f"Bearer {admin_key}"},
-    ) as c:
+    async with api_with_temporal(settings, db, client, admin_key) as c:
         yield c
 
 
