@@ -317,7 +317,8 @@ class HitBuffer:
             if left <= 0:
                 return False
             try:
-                await asyncio.wait_for(self._progress.wait(), timeout=left)
+                async with asyncio.timeout(left):
+                    await self._progress.wait()
             except TimeoutError:
                 return False
         return self._done >= target
@@ -331,8 +332,9 @@ class HitBuffer:
                 await self._wake.wait()
             # Let `interval` of hits gather, unless a batch is waiting or a flush is asked.
             if not self._urgent.is_set() and len(self._rows) < self.batch_rows:
-                try:
-                    await asyncio.wait_for(self._urgent.wait(), timeout=self.interval)
+                try:  # asyncio.timeout: 3.11's wait_for can swallow a cancellation
+                    async with asyncio.timeout(self.interval):
+                        await self._urgent.wait()
                 except TimeoutError:
                     pass
             batch = self._take()

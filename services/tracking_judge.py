@@ -248,8 +248,12 @@ class TrackingJudge:
                 backoff = min(backoff * 2, 30.0)
             if worked:
                 continue  # there may be more queued
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that lands as the wake-up does, and this loop then never stops
+            # (seen: an API lifespan shutdown waiting for ever on the judge).
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+                async with asyncio.timeout(backoff):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

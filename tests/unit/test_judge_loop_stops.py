@@ -1,0 +1,30 @@
+"""The judge's loop stops when cancelled, even when the cancellation lands in the same
+tick as a wake-up (Python 3.11's asyncio.wait_for swallowed it there, and an API
+shutdown then waited for ever on the judge)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from core.config import Settings
+from services.tracking_judge import TrackingJudge
+
+
+async def test_a_cancel_that_lands_with_a_wake_up_stops_the_loop(tmp_path: Path) -> None:
+    judge = TrackingJudge(None, Settings(home=tmp_path), None, poll_interval=30.0)  # type: ignore[arg-type]
+
+    async def nothing(*_: Any) -> int:
+        return 0
+
+    judge.warm_up = nothing  # type: ignore[method-assign]
+    judge.work_once = nothing  # type: ignore[method-assign]
+    for _ in range(20):
+        task = asyncio.create_task(judge._run())
+        for _ in range(3):
+            await asyncio.sleep(0)  # the loop is waiting for a wake-up
+        judge._wake.set()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        assert done, "the judge loop ignored its cancellation"
