@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 from core.config import Settings
 from services.tracking_judge import TrackingJudge
 
 
 async def test_a_cancel_that_lands_with_a_wake_up_stops_the_loop(tmp_path: Path) -> None:
-    judge = TrackingJudge(None, Settings(home=tmp_path), None, poll_interval=30.0)  # type: ignore[arg-type]
+    settings = Settings.model_validate({"home": tmp_path})
+    judge = TrackingJudge(None, settings, None, poll_interval=30.0)  # type: ignore[arg-type]
 
-    async def nothing(*_: Any) -> int:
+    async def no_warm_up() -> None:
+        return None
+
+    async def no_work() -> int:
         return 0
 
-    judge.warm_up = nothing  # type: ignore[method-assign]
-    judge.work_once = nothing  # type: ignore[method-assign]
+    judge.warm_up = no_warm_up  # type: ignore[method-assign]
+    judge.work_once = no_work  # type: ignore[method-assign]
     for _ in range(20):
         task = asyncio.create_task(judge._run())
         for _ in range(3):
