@@ -258,12 +258,15 @@ async def _heartbeating() -> AsyncIterator[None]:
     than after the start-to-close timeout. The heartbeat timeout runs from the start, so
     the first beat can wait: a send done within a second costs no heartbeat call."""
 
-    async def beat() -> None:
+    async def pulse() -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_EVERY)
             activity.heartbeat()
 
-    task = asyncio.create_task(beat())
+    if activity.info().is_local:
+        yield  # no activity task to keep alive (see activities/heartbeats.py)
+        return
+    task = asyncio.create_task(pulse())
     try:
         yield
     finally:

@@ -57,6 +57,13 @@ FLUSH_AFTER_RECORDS = 200  # a long run of non-blocking steps still writes its t
 # task round trip through the server) and send each workflow task's search attribute
 # changes as one upsert. Older histories replay with the old commands.
 LOCAL_RECORDS_PATCH = "local-record-steps-batched-search-attributes"
+# Runs started from this patch on also send as a local activity: a send -> exit run is one
+# workflow task with no activity task, so the server does about half the work. It implies
+# LOCAL_RECORDS_PATCH and the undecided frequency cap's patch (one marker per run instead of
+# one per patch). A send is keyed by (run, step, visit) in the ledger, which a local
+# activity needs: it runs again when its workflow task is lost (a worker dies, or a
+# signal lands as the run completes), and the ledger answers with the first outcome.
+LOCAL_STEPS_PATCH = "local-step-activities"
 REASON_CODE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
@@ -100,6 +107,7 @@ class Interpreter:
         )
         self.sa_sent_step = self.sa_step  # what the server has (differs only when batched)
         self.batched = False  # set by use_patches() when the run starts
+        self.local_steps = False  # ditto
         self.condition_rules = [
             rule.condition for rule in defn.exit_when if isinstance(rule, ConditionExit)
         ]
@@ -140,8 +148,11 @@ class Interpreter:
         }
 
     def use_patches(self) -> None:
-        """Decided once, first thing in the run, so a replay takes the same path."""
-        self.batched = workflow.patched(LOCAL_RECORDS_PATCH)
+        """Decided once, first thing in the run, so a replay takes the same path. A run
+        that has the newest patch never asks for the older ones (each would add a marker
+        and a search attribute upsert to its history)."""
+        self.local_steps = workflow.patched(LOCAL_STEPS_PATCH)
+        self.batched = self.local_steps or workflow.patched(LOCAL_RECORDS_PATCH)
 
     # --- activities ----------------------------------------------------------------------
     async def call(
@@ -152,8 +163,25 @@ class Interpreter:
         start_to_close: timedelta = DB_TIMEOUT,
         retry: RetryPolicy = DB_RETRY,
         heartbeat: timedelta | None = None,
+        local: bool = False,
     ) -> T:
+        """local=True (runs with LOCAL_STEPS_PATCH): a local activity. Only for work keyed
+        by (run, step, visit) whose result a second execution reproduces: a workflow task
+        that fails (a signal landing as the run completes) loses its local activities'
+        results and runs them again. Decisions (judge, lookups) stay activity tasks, so
+        their results are in the history before anything acts on them."""
         self.sync_search_attributes()
+        if self.local_steps and local:
+            # No heartbeat: a worker lost mid-activity loses its workflow task too, and the
+            # next worker runs the activity again when that task times out.
+            done: T = await workflow.execute_local_activity(
+                name,
+                arg,
+                result_type=result_type,
+                start_to_close_timeout=start_to_close,
+                retry_policy=retry,
+            )
+            return done
         result: T = await workflow.execute_activity(
             name,
             arg,

@@ -271,7 +271,9 @@ class StepRunner(Interpreter):
                 )
                 if counted.next_allowed_at is not None:
                     outcome = "frequency_cap"
-                    if counted.basis != CAP_BY_SENT and workflow.patched(CAP_UNDECIDED_PATCH):
+                    if counted.basis != CAP_BY_SENT and (
+                        self.local_steps or workflow.patched(CAP_UNDECIDED_PATCH)
+                    ):
                         if counted.basis == CAP_BY_IN_FLIGHT:
                             undecided_looks += 1
                             if undecided_looks < UNDECIDED_CAP_LOOKS:
@@ -305,6 +307,7 @@ class StepRunner(Interpreter):
             # send_email heartbeats every second: a killed worker's send is retried (and
             # settled without a second mail) within seconds, not after SEND_TIMEOUT.
             heartbeat=timedelta(seconds=5),
+            local=True,  # (runs with LOCAL_STEPS_PATCH; see Interpreter.call)
         )
         if result.send_id:
             self.state.sends[name] = result.send_id

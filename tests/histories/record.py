@@ -1,6 +1,6 @@
 """Record workflow histories of representative journey runs for the replay test.
 
-    PYTHONPATH=. .venv/bin/python tests/histories/record.py
+    PYTHONPATH=. .venv/bin/python tests/histories/record.py [--suffix _v3] [scenario ...]
 
 Starts its own throw-away stack (embedded PostgreSQL, the Temporal dev server, the SMTP
 sink, an in-process worker), runs each scenario through the API, and writes one JSON file
@@ -14,6 +14,7 @@ when old runs may still be open: they are what the replay test protects).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -318,7 +319,7 @@ async def histories(temporal: Client, key: str, cid: str) -> list[dict[str, Any]
     return out
 
 
-async def record(names: list[str]) -> None:
+async def record(names: list[str], suffix: str = "") -> None:
     from api.main import create_app
     from worker import build_worker
 
@@ -357,7 +358,7 @@ async def record(names: list[str]) -> None:
                 runs: list[dict[str, Any]] = []
                 for jkey, cid in await SCENARIOS[name](st):
                     runs += await histories(temporal, jkey, cid)
-                path = HERE / f"{name}.json"
+                path = HERE / f"{name}{suffix}.json"
                 path.write_text(json.dumps({"scenario": name, "runs": runs}, indent=1) + "\n")
                 print(f"{path.name}: {len(runs)} run(s)")
         await worker.shutdown()
@@ -371,9 +372,13 @@ async def record(names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    chosen = sys.argv[1:] or list(SCENARIOS)
+    ap = argparse.ArgumentParser(description="record workflow histories for the replay test")
+    ap.add_argument("--suffix", default="", help="file name suffix: keeps older recordings")
+    ap.add_argument("scenarios", nargs="*")
+    args = ap.parse_args()
+    chosen = args.scenarios or list(SCENARIOS)
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         known = ", ".join(SCENARIOS)
         sys.exit(f"unknown scenario(s): {', '.join(sorted(unknown))}; known: {known}")
-    asyncio.run(record(chosen))
+    asyncio.run(record(chosen, args.suffix))
