@@ -241,9 +241,7 @@ async def test_busy_links_are_renewed_ahead_of_expiry_and_never_served_stale(
         await cache.close()
 
 
-async def test_renewals_coming_due_apart_share_one_lookup(
-    db: Database, settings: Settings
-) -> None:
+async def test_renewals_coming_due_apart_share_one_lookup(db: Database, settings: Settings) -> None:
     """Links cached together come due a little apart (each on its own next hit); their
     renewals wait for company instead of costing a query each."""
     msgs = [await make_message(db, settings, {"book": DEST}) for _ in range(3)]
