@@ -56,9 +56,11 @@ PIXEL_GIF = (
 )
 
 NO_STORE = {
+    # Nothing caches an answer (each fetch must reach us to be counted). No Expires or
+    # Pragma: with max-age present a recipient must ignore Expires, and Pragma has no
+    # defined meaning in a response (RFC 9111 sections 5.3, 5.4); they only cost every
+    # hit two more header lines to write and parse.
     "Cache-Control": "no-store, no-cache, must-revalidate, max-age=0, private",
-    "Pragma": "no-cache",
-    "Expires": "0",
     # The tracking URL never travels on as a Referer, and none of this is indexed.
     "Referrer-Policy": "no-referrer",
     "X-Robots-Tag": "noindex, nofollow",
