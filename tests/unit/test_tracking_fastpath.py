@@ -120,6 +120,15 @@ def test_event_ids_look_like_new_id() -> None:
     assert all(i.startswith("te_") and len(i) == 23 and int(i[3:], 16) >= 0 for i in ids)
 
 
+def test_event_id_counters_run_on_and_wrap_at_32_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    import services.tracking_buffer as tb
+
+    monkeypatch.setattr(tb, "_next_counter", 2**32 - 3)
+    ids = new_event_ids(5) + new_event_ids(2)
+    assert [i[15:] for i in ids] == [f"{c & 0xFFFFFFFF:08x}" for c in range(2**32 - 3, 2**32 + 4)]
+    assert new_event_ids(0) == []
+
+
 def test_event_ids_grow_with_time_so_the_primary_key_grows_at_its_edge() -> None:
     before = new_event_ids(3)
     time.sleep(0.002)
