@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from api.main import create_app
-from api.tracking_fastpath import TrackingFastPath, is_tracking_path
+from api.tracking_fastpath import Reply, TrackingFastPath, is_tracking_path
 
 
 class Front:
@@ -27,8 +27,15 @@ class Front:
             fast = self._fast
             if fast is None or not fast.active:
                 fast = self._fast = getattr(self.app.state, "tracking_fastpath", None)
-            if fast is not None and await fast.handle(scope, send):
-                return
+            if fast is not None:
+                # The fast path's steps inline (no coroutine of its own per hit).
+                reply = fast.answer(scope)
+                if reply is not None:
+                    if not isinstance(reply, Reply):
+                        reply = await fast.finish(reply, scope)
+                    await send(reply.start)
+                    await send(reply.end)
+                    return
         await self.app(scope, receive, send)
 
 

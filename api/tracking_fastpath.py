@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
@@ -56,9 +56,11 @@ PIXEL_GIF = (
 )
 
 NO_STORE = {
+    # Nothing caches an answer (each fetch must reach us to be counted). No Expires or
+    # Pragma: with max-age present a recipient must ignore Expires, and Pragma has no
+    # defined meaning in a response (RFC 9111 sections 5.3, 5.4); they only cost every
+    # hit two more header lines to write and parse.
     "Cache-Control": "no-store, no-cache, must-revalidate, max-age=0, private",
-    "Pragma": "no-cache",
-    "Expires": "0",
     # The tracking URL never travels on as a Referer, and none of this is indexed.
     "Referrer-Policy": "no-referrer",
     "X-Robots-Tag": "noindex, nofollow",
@@ -95,6 +97,15 @@ class Reply:
     status: int
     headers: Headers
     body: bytes
+    # The two ASGI messages of this answer, made once: servers only read them, and a
+    # cached answer is sent thousands of times a second.
+    start: dict[str, Any] = field(init=False, repr=False, compare=False)
+    end: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        start = {"type": "http.response.start", "status": self.status, "headers": self.headers}
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", {"type": "http.response.body", "body": self.body})
 
 
 def _page_reply(
@@ -369,25 +380,33 @@ class TrackingFastPath:
         self.endpoints = endpoints
         self.active = True
 
-    async def handle(self, scope: Scope, send: Send) -> bool:
-        """Answer the request if it is a tracking GET/HEAD (True), else leave it (False)."""
+    def answer(self, scope: Scope) -> Reply | Pending | None:
+        """`respond_cached` for a tracking GET/HEAD (a `Pending` goes to `finish`), None
+        for any other request. Not a coroutine: the common case awaits nothing."""
         if scope["type"] != "http" or scope.get("root_path"):
-            return False
+            return None
         path: str = scope["path"]
         method: str = scope["method"]
         if (method != "GET" and method != "HEAD") or not is_tracking_path(path):
-            return False
+            return None
         client: Sequence[Any] | None = scope.get("client")
         peer = client[0] if client else None
-        route, token, headers = path[3], path[5:], scope["headers"]
-        endpoints = self.endpoints
-        reply = endpoints.respond_cached(route, token, method, headers, peer)
+        return self.endpoints.respond_cached(path[3], path[5:], method, scope["headers"], peer)
+
+    async def finish(self, pending: Pending, scope: Scope) -> Reply:
+        client: Sequence[Any] | None = scope.get("client")
+        peer = client[0] if client else None
+        return await self.endpoints.finish(pending, scope["method"], scope["headers"], peer)
+
+    async def handle(self, scope: Scope, send: Send) -> bool:
+        """Answer the request if it is a tracking GET/HEAD (True), else leave it (False)."""
+        reply = self.answer(scope)
+        if reply is None:
+            return False
         if not isinstance(reply, Reply):
-            reply = await endpoints.finish(reply, method, headers, peer)
-        await send(
-            {"type": "http.response.start", "status": reply.status, "headers": reply.headers}
-        )
-        await send({"type": "http.response.body", "body": reply.body})
+            reply = await self.finish(reply, scope)
+        await send(reply.start)
+        await send(reply.end)
         return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

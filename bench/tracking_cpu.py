@@ -96,6 +96,8 @@ async def main() -> None:
         async with app.router.lifespan_context(app):
             await drive(front, paths, len(paths), Counter())  # every link seen once
             await flush_all()
+            cache = app.state.tracking_endpoints.cache
+            lookups0, refreshed0 = cache.lookups, cache.refreshed
             for _ in range(args.repeat):
                 c0 = time.process_time()
                 await drive(bare_app.app, paths, args.requests, Counter())
@@ -105,6 +107,7 @@ async def main() -> None:
                 await flush_all()
                 ours.append((time.process_time() - c0) / args.requests * 1e6)
                 pg_cpu.append((tree_cpu(pg) - p0) / args.requests * 1e6)
+            lookups, refreshed = cache.lookups - lookups0, cache.refreshed - refreshed0
     print(f"in-process CPU per request, {args.requests} x {args.repeat} (median; rounds):")
     print(f"  bare app:  {statistics.median(bare):5.1f} us   {[round(x, 1) for x in bare]}")
     print(f"  tracking:  {statistics.median(ours):5.1f} us   {[round(x, 1) for x in ours]}")
@@ -115,6 +118,7 @@ async def main() -> None:
         f"PostgreSQL CPU per hit: {statistics.median(pg_cpu):5.1f} us   {[round(x, 1) for x in pg_cpu]}"
     )
     print(f"answers: {dict(sorted(statuses.items()))}")
+    print(f"link cache while measured: {lookups} lookups renewing {refreshed} entries")
 
 
 if __name__ == "__main__":

@@ -22,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import struct
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -148,11 +150,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reseed)
 
 
+_COUNTERS = 2**32
+
+
 def new_event_ids(n: int) -> list[str]:
     global _next_counter
     prefix = f"te_{time.time_ns() // 1_000_000:012x}"
-    first, _next_counter = _next_counter, (_next_counter + n) & 0xFFFFFFFF
-    return [f"{prefix}{(first + k) & 0xFFFFFFFF:08x}" for k in range(n)]
+    first, end = _next_counter, _next_counter + n
+    _next_counter = end % _COUNTERS
+    # The batch's counters (wrapping at 2**32) as one hex string, cut into ids: a
+    # quarter of the cost of formatting each id on its own.
+    counters = chain(range(first, min(end, _COUNTERS)), range(max(0, end - _COUNTERS)))
+    digits = struct.pack(f">{n}I", *counters).hex()
+    return [prefix + digits[i : i + 8] for i in range(0, 8 * n, 8)]
 
 
 def batch_payload(batch: Sequence[HitRow]) -> tuple[bytes, bool]:

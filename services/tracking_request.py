@@ -138,7 +138,13 @@ def _clean(value: str) -> str:
     return value.replace("\x00", "") if "\x00" in value else value
 
 
-_KEPT_RAW = frozenset(name.encode() for name in KEPT_HEADERS)
+# Raw header name -> what `EvidenceReader.read` does with it (one dict lookup a header;
+# the three names read apart are these very str objects, compared by identity).
+_USER_AGENT, _XFF, _REFERER = "user-agent", "x-forwarded-for", "referer"
+_READ: dict[bytes, str] = {
+    **{name.encode(): name for name in KEPT_HEADERS},
+    **{name.encode(): name for name in (_USER_AGENT, _XFF, _REFERER)},
+}
 _MAX_CACHED_IPS = 10_000
 
 
@@ -173,19 +179,21 @@ class EvidenceReader:
         user_agent: bytes | None = None
         xff_values: list[str] = []
         referer = False
+        read = _READ
         for raw_name, raw_value in raw_headers:
-            name = raw_name.lower()
-            if name in _KEPT_RAW:
-                key = name.decode("latin-1")
-                if key not in kept:
-                    kept[key] = _clean(raw_value[:MAX_HEADER_VALUE].decode("latin-1"))
-            elif name == b"user-agent":
+            key = read.get(raw_name.lower())
+            if key is None:
+                continue
+            if key is _USER_AGENT:
                 if user_agent is None:
                     user_agent = raw_value[:MAX_USER_AGENT]
-            elif name == b"x-forwarded-for":
+            elif key is _XFF:
                 xff_values.append(raw_value.decode("latin-1"))
-            elif name == b"referer":
+            elif key is _REFERER:
                 referer = True
+            elif key not in kept:
+                value = raw_value[:MAX_HEADER_VALUE].decode("latin-1")
+                kept[key] = value.replace("\x00", "") if "\x00" in value else value  # _clean
         if "accept" not in kept:
             kept["accept"] = ""
         xff = tuple(forwarded_chain(xff_values)) if xff_values else ()

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 21:39:54.579423
+Create Date: 2026-11-22 23:45:07.693093
 """
 from collections.abc import Sequence
 
@@ -334,7 +334,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index('ix_tracking_pending', 'tracking_event', ['at'], unique=False, postgresql_where=sa.text('verdict IS NULL'))
-    op.create_index('ix_tracking_send_at', 'tracking_event', ['send_id', 'at'], unique=False)
+    op.create_index('ix_tracking_send', 'tracking_event', ['send_id'], unique=False)
     op.create_index('ix_tracking_unsignalled', 'tracking_event', ['at'], unique=False, postgresql_where=sa.text("verdict = 'human' AND signal_result IS NULL"))
     op.create_table('consent',
     sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
@@ -365,7 +365,7 @@ def downgrade() -> None:
     op.drop_index('ix_consent_contact_cat', table_name='consent')
     op.drop_table('consent')
     op.drop_index('ix_tracking_unsignalled', table_name='tracking_event', postgresql_where=sa.text("verdict = 'human' AND signal_result IS NULL"))
-    op.drop_index('ix_tracking_send_at', table_name='tracking_event')
+    op.drop_index('ix_tracking_send', table_name='tracking_event')
     op.drop_index('ix_tracking_pending', table_name='tracking_event', postgresql_where=sa.text('verdict IS NULL'))
     op.drop_table('tracking_event')
     op.drop_index(op.f('ix_tracked_link_send_id'), table_name='tracked_link')

@@ -241,6 +241,36 @@ async def test_busy_links_are_renewed_ahead_of_expiry_and_never_served_stale(
         await cache.close()
 
 
+async def test_renewals_coming_due_apart_share_one_lookup(db: Database, settings: Settings) -> None:
+    """Links cached together come due a little apart (each on its own next hit); their
+    renewals wait for company instead of costing a query each."""
+    msgs = [await make_message(db, settings, {"book": DEST}) for _ in range(3)]
+    ids = [r.id for m in msgs for r in m.links.rows]
+    now = [0.0]
+    # A wide gather window, so that a stalled machine cannot split the renewals.
+    cache = LinkCache(db, ttl=30, refresh_ahead=16, refresh_gather=3.0, clock=lambda: now[0])
+    try:
+        assert all(await asyncio.gather(*(cache.get(i) for i in ids)))
+        before = cache.lookups
+        now[0] = 20.0  # every entry in its last 16 s
+        for link_id in ids:
+            assert cache.peek(link_id) is not None
+            await asyncio.sleep(0.02)  # long enough for an eager lookup to go out
+        await eventually(lambda: _true(cache.refreshed == len(ids)), timeout=10, interval=0.01)
+        assert cache.lookups == before + 1
+        # A miss does not wait: it takes the renewals waiting with it.
+        now[0] = 20.5
+        again = [await make_message(db, settings, {"book": DEST})]
+        fresh = again[0].links.rows[0].id
+        cache.forget(ids[0])
+        assert cache.peek(ids[1]) is not None  # renewed at 20: not due again yet
+        before = cache.lookups
+        assert (await asyncio.wait_for(cache.get(fresh), timeout=0.5)) is not None
+        assert cache.lookups == before + 1
+    finally:
+        await cache.close()
+
+
 async def _true(value: bool) -> bool:
     return value
 

@@ -56,6 +56,26 @@ def test_replies_are_what_starlette_would_send() -> None:
         assert (_redirect(url).status, _redirect(url).headers) == (302, redirect.raw_headers)
 
 
+def test_answers_carry_only_the_headers_that_mean_something() -> None:
+    """Every hit writes and every client parses each header line: no caching (max-age=0
+    makes a recipient ignore Expires, and Pragma means nothing in a response), no
+    Referer onwards, no indexing, and what the body is."""
+    for reply, last in (
+        (_PIXEL[0], b"content-type"),
+        (_redirect("https://example.org/"), b"location"),
+    ):
+        names = [name for name, _ in reply.headers]
+        assert names == [
+            b"cache-control",
+            b"referrer-policy",
+            b"x-robots-tag",
+            b"content-length",
+            last,
+        ]
+        cache = dict(reply.headers)[b"cache-control"]
+        assert b"no-store" in cache and b"max-age=0" in cache
+
+
 PROXIES = parse_trusted_proxies("127.0.0.0/8, 10.0.0.0/8")
 _names = st.sampled_from(
     ["user-agent", "accept", "Accept", "x-forwarded-for", "X-Forwarded-For", "referer",
@@ -98,6 +118,15 @@ def test_event_ids_look_like_new_id() -> None:
     ids = new_event_ids(1000)
     assert len(set(ids)) == 1000
     assert all(i.startswith("te_") and len(i) == 23 and int(i[3:], 16) >= 0 for i in ids)
+
+
+def test_event_id_counters_run_on_and_wrap_at_32_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    import services.tracking_buffer as tb
+
+    monkeypatch.setattr(tb, "_next_counter", 2**32 - 3)
+    ids = new_event_ids(5) + new_event_ids(2)
+    assert [i[15:] for i in ids] == [f"{c & 0xFFFFFFFF:08x}" for c in range(2**32 - 3, 2**32 + 4)]
+    assert new_event_ids(0) == []
 
 
 def test_event_ids_grow_with_time_so_the_primary_key_grows_at_its_edge() -> None:
