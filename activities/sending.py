@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg.pq import TransactionStatus
-from psycopg.rows import dict_row
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.client import Client
@@ -49,6 +48,7 @@ from activities.smtp import (
     SmtpTransport,
     TransientSmtpError,
 )
+from activities.sql_batch import first, run_transaction
 from core.config import Settings
 from core.db import Database
 from core.models import Contact, Send, Template, utcnow
@@ -229,27 +229,15 @@ class _Held:
         self, statements: Sequence[tuple[str, Mapping[str, Any]]], *, unlock: bool = False
     ) -> list[dict[str, Any] | None]:
         """BEGIN, the statements, COMMIT (then, with unlock, the send's lock released after
-        the commit) sent together in psycopg's pipeline mode instead of waiting for each
-        answer. PostgreSQL still runs them one after another, each statement with its own
-        snapshot, as if sent one by one; a failing statement rolls the transaction back.
-        Returns each statement's first row (None when it returns none)."""
-        raw = self.raw
-        if raw.info.transaction_status != TransactionStatus.IDLE:
-            # An ORM transaction is open on this connection: committing here would end it.
-            raise RuntimeError("pipelined transaction inside an open transaction")
-        cursors = []
-        async with raw.pipeline():
-            async with raw.transaction():
-                for sql, params in statements:
-                    cur = raw.cursor(row_factory=dict_row)
-                    await cur.execute(sql, params)
-                    cursors.append(cur)
-            if unlock:
-                async with raw.transaction():
-                    await raw.execute(_UNLOCK, {"key": self.lock_key})
+        the commit) in one round trip (activities/sql_batch.py). PostgreSQL runs them one
+        after another, each statement with its own snapshot, as if sent one by one; a
+        failing statement leaves the transaction failed (rolled back by _locked). Returns
+        each statement's first row (None when it returns none)."""
+        after = [(_UNLOCK, {"key": self.lock_key})] if unlock else []
+        results = await run_transaction(self.raw, statements, after_commit=after)
         if unlock:
             self.released = True
-        return [await c.fetchone() if c.description else None for c in cursors]
+        return [first(rows) for rows in results[: len(statements)]]
 
 
 @asynccontextmanager
