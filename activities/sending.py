@@ -35,6 +35,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import AsyncClientCursor
 from psycopg.pq import TransactionStatus
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
@@ -565,11 +566,13 @@ class SendActivities:
 
 async def _autocommit_scalar(conn: Any, sql: str, *params: Any) -> Any:
     """One statement outside any transaction on a psycopg connection that has none open
-    (between the attempt's commits): one round trip, no BEGIN/COMMIT."""
+    (between the attempt's commits): one round trip and one message (bound client-side),
+    no BEGIN/COMMIT."""
     await conn.set_autocommit(True)
     try:
-        cur = await conn.execute(sql, params)
-        row = await cur.fetchone()
+        async with AsyncClientCursor(conn) as cur:
+            await cur.execute(sql, params)
+            row = await cur.fetchone()
     finally:
         await conn.set_autocommit(False)
     return row[0] if row else None

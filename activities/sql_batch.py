@@ -11,11 +11,11 @@ profiled as a third of the send activity's CPU. Here the statements, bound clien
 
 PostgreSQL runs them one after another, each with its own snapshot (READ COMMITTED), as
 when sent one by one. The first failing statement aborts the rest of the message and
-leaves the transaction failed (the caller rolls back, as after any failed transaction);
-statements after the COMMIT run only if the transaction committed.
+its transaction (rolled back here before the error is raised); statements after the
+COMMIT run only if the transaction committed.
 
-Statements are joined with STATEMENT_SEPARATOR (a literal never holds a bare line
-break from our parameters... and the statement-budget test splits on it to count them).
+Statements are joined with STATEMENT_SEPARATOR (the statement-budget test splits on it
+to count them).
 """
 
 from __future__ import annotations
@@ -45,21 +45,31 @@ async def run_transaction(
         raise RuntimeError("batched transaction inside an open transaction")
     cur = AsyncClientCursor(raw, row_factory=dict_row)
     parts = ["BEGIN"]
-    parts.extend(cur.mogrify(sql, params) for sql, params in statements)
+    parts.extend(cur.mogrify(sql, params or {}) for sql, params in statements)
     parts.append("COMMIT")
-    parts.extend(cur.mogrify(sql, params) for sql, params in after_commit)
-    async with cur:
-        await cur.execute(STATEMENT_SEPARATOR.join(parts))
-        out: list[Rows | None] = []
-        # Results: BEGIN, each statement, COMMIT, each after-commit statement.
-        wanted = len(statements) + len(after_commit)
-        index = 0
-        while True:
-            if 1 <= index <= len(statements) or index > len(statements) + 1:
-                out.append(await cur.fetchall() if cur.description is not None else None)
-            index += 1
-            if not cur.nextset():
-                break
+    parts.extend(cur.mogrify(sql, params or {}) for sql, params in after_commit)
+    # In autocommit mode, or psycopg would send a BEGIN of its own first (a round trip).
+    autocommit = raw.autocommit
+    if not autocommit:
+        await raw.set_autocommit(True)
+    try:
+        async with cur:
+            await cur.execute(STATEMENT_SEPARATOR.join(parts))
+            out: list[Rows | None] = []
+            # Results: BEGIN, each statement, COMMIT, each after-commit statement.
+            index = 0
+            while True:
+                if 1 <= index <= len(statements) or index > len(statements) + 1:
+                    out.append(await cur.fetchall() if cur.description is not None else None)
+                index += 1
+                if not cur.nextset():
+                    break
+    finally:
+        if raw.info.transaction_status != TransactionStatus.IDLE:
+            await raw.rollback()  # a statement failed: its transaction is aborted
+        if not autocommit:
+            await raw.set_autocommit(False)
+    wanted = len(statements) + len(after_commit)
     if len(out) != wanted:  # a statement we were given held more than one statement
         raise RuntimeError(f"expected {wanted} results from the batch, got {len(out)}")
     return out
