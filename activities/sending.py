@@ -60,6 +60,7 @@ from services.identity import email_hash
 from services.mail_outcomes import record_outcome
 from services.report_rollup import SEND_ROLLUP_ONE
 from services.suppressions import find_suppression
+from services.tracking_links import token_signer
 from workflows.types import SendInput, SendResult
 
 log = logging.getLogger("journeys.sending")
@@ -280,6 +281,7 @@ class SendActivities:
         self.settings = settings
         self.transport = transport
         self.dkim_key = dkim_key if dkim_key is not None else load_dkim(settings)
+        self.signer = token_signer(settings)  # the tracking keys, read once like the DKIM key
 
     @activity.defn(name="send_email")
     async def send_email(self, inp: SendInput) -> SendResult:
@@ -380,6 +382,7 @@ class SendActivities:
                 journey_name=inp.journey_name,
                 now=now,
                 dkim_key=self.dkim_key,
+                signer=self.signer,
             )
         except TemplateRenderError as exc:
             return await self._finish(held, send, "failed", str(exc))
