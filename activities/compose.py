@@ -13,8 +13,8 @@ from datetime import datetime
 from email.utils import parseaddr
 
 from core.config import Settings
-from core.tokens import TokenSigner
 from core.models import Contact, Send, Template
+from core.tokens import TokenSigner
 from mail import dkim
 from mail.message import message_bytes_for
 from mail.render import TemplateSource, render, template_context
