@@ -87,9 +87,11 @@ def statements_sent(db: Database, messages: list[str] | None = None) -> Iterator
                     seen.append(body.removeprefix('"" ').strip('"')[:60])
                 elif kind == "Query":
                     # A batched transaction (activities/sql_batch.py) is one Query message
-                    # holding several statements: each one counts.
+                    # holding several statements: each one counts, except the PREPARE
+                    # of a statement's first use on a connection.
                     for statement in body.strip('"').split(STATEMENT_SEPARATOR):
-                        seen.append(statement.strip()[:60])
+                        if not statement.startswith("PREPARE "):
+                            seen.append(statement.strip()[:60])
 
 
 def _frontend_messages(trace: str) -> list[tuple[str, str]]:
