@@ -7,7 +7,7 @@ profiled as a third of the send activity's CPU. Here they go out as one simple-p
 Query:
 
     [PREPARE jr_<hash> AS <statement>; ...] BEGIN; EXECUTE jr_<hash>(<values>); ...;
-    COMMIT[; EXECUTE <after-commit statement>]
+    COMMIT[; <after-commit statement>]
 
 Each statement is prepared on the connection with its first use (so PostgreSQL parses
 it once per connection, as with psycopg's automatic preparation); the values are bound
@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import psycopg
 from psycopg import AsyncClientCursor
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
@@ -62,7 +63,15 @@ async def run_transaction(
     if not autocommit:
         await raw.set_autocommit(True)
     try:
-        out = await _run(raw, statements, after_commit)
+        try:
+            out = await _run(raw, statements, after_commit)
+        except psycopg.errors.InvalidSqlStatementName:
+            # One of our statements is gone: psycopg sends DEALLOCATE ALL after a ROLLBACK,
+            # DROP or ALTER on a connection where it prepared statements of its own. The
+            # EXECUTE failed inside the transaction, so nothing of it happened (the
+            # after-commit statements are never prepared): prepare afresh, once.
+            await raw.rollback()
+            out = await _run(raw, statements, after_commit)
     finally:
         if raw.info.transaction_status != TransactionStatus.IDLE:
             await raw.rollback()  # a statement failed: its transaction is aborted
@@ -126,9 +135,7 @@ async def _run(
     cur = AsyncClientCursor(raw, row_factory=dict_row)
     new: dict[str, str] = {}
     body: list[str] = []
-    for index, (sql, params) in enumerate((*statements, *after_commit)):
-        if index == len(statements):
-            body.append("COMMIT")
+    for sql, params in statements:
         name, positional, names = _prepared_form(sql)
         if name not in prepared:
             new[name] = positional
@@ -136,8 +143,9 @@ async def _run(
         if names:
             call += "(" + ", ".join(f"%({n})s" for n in names) + ")"
         body.append(cur.mogrify(call, params or {}))
-    if len(body) == len(statements):
-        body.append("COMMIT")
+    body.append("COMMIT")
+    # Not prepared: a failure after the COMMIT must not be mistaken for one before it.
+    body.extend(cur.mogrify(sql, params or {}) for sql, params in after_commit)
     parts = [f"DEALLOCATE {name}" for name in stale]
     parts += [f"PREPARE {name} AS {sql}" for name, sql in new.items()]
     skip = len(parts) + 1  # those and BEGIN: no rows wanted

@@ -83,3 +83,14 @@ async def test_a_stale_prepared_statement_is_made_again(raw: Any) -> None:
     with pytest.raises(psycopg.errors.FeatureNotSupported):
         await run_transaction(raw, [(sql, {})])
     assert await run_transaction(raw, [(sql, {})]) == [[{"a": 3, "b": None}]]
+
+
+async def test_statements_psycopg_deallocated_are_prepared_again(raw: Any) -> None:
+    """psycopg sends DEALLOCATE ALL after a ROLLBACK on a connection where it prepared
+    statements of its own; the next batch finds its statements gone and makes them again."""
+    sql = "SELECT %(a)s::int * 2 AS b"
+    assert await run_transaction(raw, [(sql, {"a": 2})]) == [[{"b": 4}]]
+    await raw.set_autocommit(True)
+    await raw.execute("DEALLOCATE ALL")
+    await raw.set_autocommit(False)
+    assert await run_transaction(raw, [(sql, {"a": 3})]) == [[{"b": 6}]]
