@@ -132,10 +132,10 @@ def cap_lock_key(contact_id: str) -> int:
 
 # The hot path's statements, written once as driver-level SQL (psycopg's %(name)s
 # parameters): no ORM statement building per send, one statement where the ORM path took
-# several, and sent in pipelined transactions (_Held.pipelined).
+# several, and each transaction sent as one message (_Held.batch, activities/sql_batch.py).
 
 # The contact's cap lock, as a statement of its own before _RESERVE_AND_CHECK (same
-# pipelined transaction): under READ COMMITTED each statement takes its snapshot when it
+# batched transaction): under READ COMMITTED each statement takes its snapshot when it
 # starts, so the checks and the reservation below see whatever was committed while this
 # one waited (an erasure, an unsubscribe, a revoked consent, the cap check's reservation).
 _CAP_LOCK = "SELECT pg_advisory_xact_lock(%(cap_key)s)"
@@ -227,7 +227,7 @@ class _Held:
     lock_key: int
     released: bool = False
 
-    async def pipelined(
+    async def batch(
         self, statements: Sequence[tuple[str, Mapping[str, Any]]], *, unlock: bool = False
     ) -> list[dict[str, Any] | None]:
         """BEGIN, the statements, COMMIT (then, with unlock, the send's lock released after
@@ -314,7 +314,7 @@ class SendActivities:
                 try:
                     await held.session.close()  # rolls back whatever the attempt left open
                     if raw.info.transaction_status != TransactionStatus.IDLE:
-                        await raw.rollback()  # a pipelined transaction that failed
+                        await raw.rollback()  # a batched transaction that failed
                     if got and not held.released:
                         await _autocommit_scalar(raw, "SELECT pg_advisory_unlock(%s)", key)
                 except Exception:
@@ -366,7 +366,7 @@ class SendActivities:
         else:  # a contact stored without its hash: look the address up the long way
             hashed = email_hash(contact.email, ctx.pepper)
             suppressed = await find_suppression(ctx, hashed, send.category) is not None
-            await ctx.session.commit()  # ends the read, before the pipelined transactions
+            await ctx.session.commit()  # ends the read, before the batched transactions
         if suppressed:
             return await self._finish(held, send, "blocked", "suppressed")
         if not (send.category and row["granted"]):
@@ -401,7 +401,7 @@ class SendActivities:
             ) from None
         progress = SendProgress()
         try:
-            await held.pipelined(
+            await held.batch(
                 [
                     (
                         _MARK_SENDING,
@@ -440,7 +440,7 @@ class SendActivities:
         except TransientSmtpError as exc:
             if not exc.delivered_unknown:
                 # The relay certainly did not take it: the next attempt starts afresh.
-                await held.pipelined(
+                await held.batch(
                     [(_RESET_RESERVED, {"detail": exc.detail, "send_id": send.id})]
                 )
             # Otherwise stay `sending`: the next attempt settles it (see module doc).
@@ -459,7 +459,7 @@ class SendActivities:
         transaction. A new row is committed under the contact's cap lock, so the cap
         decisions of the contact's other runs (capped journeys) count this send from now on."""
         params = reservation_params(inp, self.settings.mail_domain)
-        _, row = await held.pipelined(
+        _, row = await held.batch(
             [
                 (_CAP_LOCK, {"cap_key": cap_lock_key(inp.contact_id)}),
                 (_RESERVE_AND_CHECK, params),
@@ -489,7 +489,7 @@ class SendActivities:
 
     async def _settle_interrupted(self, held: _Held, send: Send) -> SendResult | None:
         """A previous attempt died after `sending` was committed (module doc)."""
-        [in_outbox] = await held.pipelined([(_IN_OUTBOX, {"message_id": send.message_id})])
+        [in_outbox] = await held.batch([(_IN_OUTBOX, {"message_id": send.message_id})])
         if in_outbox is not None:
             return await self._finish(held, send, "sent", "recovered")
         builtin = self.settings.smtp_builtin_sink
@@ -563,7 +563,7 @@ class SendActivities:
     async def _finish(self, held: _Held, send: Send, status: str, detail: str | None) -> SendResult:
         """The status with its report counters, committed, and the send's lock released,
         in one round trip."""
-        await held.pipelined(self._status_statements(send, status, detail), unlock=True)
+        await held.batch(self._status_statements(send, status, detail), unlock=True)
         return SendResult(status, send.id, detail)
 
 

@@ -126,7 +126,7 @@ async def test_a_granted_send_makes_few_statements_sent(db: Database, env: Setti
     assert messages == ["Query"] * 4, " ".join(messages)
     # Lock; BEGIN, cap lock, reserve + read + checks, COMMIT; BEGIN, `sending` + links,
     # COMMIT; (SMTP) BEGIN, `sent` + counter lock, counters, COMMIT, BEGIN, unlock, COMMIT.
-    # (Before: 21, each waited for; now the three transactions are pipelined. The cap lock
+    # (Before: 21, each waited for; now the three transactions are batched. The cap lock
     # is a statement of its own so the checks' snapshot follows it: no extra round trip.)
     assert len(seen) <= 15, "\n".join(seen)
 
