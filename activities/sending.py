@@ -233,8 +233,8 @@ class _Held:
         """BEGIN, the statements, COMMIT (then, with unlock, the send's lock released after
         the commit) in one round trip (activities/sql_batch.py). PostgreSQL runs them one
         after another, each statement with its own snapshot, as if sent one by one; a
-        failing statement leaves the transaction failed (rolled back by _locked). Returns
-        each statement's first row (None when it returns none)."""
+        failing statement rolls the transaction back (and the lock stays held, released
+        by _locked). Returns each statement's first row (None when it returns none)."""
         after = [(_UNLOCK, {"key": self.lock_key})] if unlock else []
         results = await run_transaction(self.raw, statements, after_commit=after)
         if unlock:
