@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import re
 import weakref
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,8 @@ Statement = tuple[str, Mapping[str, Any] | None]
 Rows = list[dict[str, Any]]
 
 STATEMENT_SEPARATOR = ";\n"
+
+log = logging.getLogger("journeys.sql_batch")
 
 
 async def run_transaction(
@@ -70,6 +73,7 @@ async def run_transaction(
             # DROP or ALTER on a connection where it prepared statements of its own. The
             # EXECUTE failed inside the transaction, so nothing of it happened (the
             # after-commit statements are never prepared): prepare afresh, once.
+            log.info("prepared statements of a connection were deallocated; preparing again")
             await raw.rollback()
             out = await _run(raw, statements, after_commit)
     finally:
