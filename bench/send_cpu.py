@@ -83,7 +83,11 @@ def cpu(p: psutil.Process, tree: bool = False) -> float:
 
 class Meter:
     def __init__(self, pg: psutil.Process, sink: psutil.Process) -> None:
-        self.procs = {"ours": (psutil.Process(), False), "postgres": (pg, True), "sink": (sink, False)}
+        self.procs = {
+            "ours": (psutil.Process(), False),
+            "postgres": (pg, True),
+            "sink": (sink, False),
+        }
 
     def snap(self) -> dict[str, float]:
         return {k: cpu(p, tree) for k, (p, tree) in self.procs.items()}
@@ -126,7 +130,9 @@ async def setup(stack, n: int) -> tuple[list[str], str, str, int]:  # type: igno
     return [str(r["id"]) for r in rows], f"sc{tag}", journey, 1
 
 
-def send_input(run_id: str, contact_id: str, template: str, journey: str, version: int) -> SendInput:
+def send_input(
+    run_id: str, contact_id: str, template: str, journey: str, version: int
+) -> SendInput:
     return SendInput(
         run_id=run_id, journey_key=journey, journey_name="bench", version=version,
         contact_id=contact_id, step="send", visit=1, template_key=template, category=CATEGORY,
@@ -170,7 +176,9 @@ async def ours_round(
     async def one(i: int, cid: str) -> None:
         run_id = f"r-{rtag}-{i}"
         async with sem:
-            res = await env.run(sends.send_email, send_input(run_id, cid, template, journey, version))
+            res = await env.run(
+                sends.send_email, send_input(run_id, cid, template, journey, version)
+            )
             if res.status != "sent":
                 raise RuntimeError(f"send {i} ended {res.status} ({res.detail})")
             await env.run(runs.record_steps, record_input(run_id, cid, journey, version))

@@ -125,9 +125,7 @@ def test_same_bytes_or_same_error_as_the_email_package(
     assert got == expected
 
 
-@pytest.mark.parametrize(
-    "subject", ["Your visit", "Thanks for your visit, Alice! (ref 12345)"]
-)
+@pytest.mark.parametrize("subject", ["Your visit", "Thanks for your visit, Alice! (ref 12345)"])
 def test_a_usual_message_is_written_without_the_email_package(subject: str) -> None:
     content = Rendered(subject=subject, html="<p>Hello é</p>", text="Hello\n", links=())
     kwargs: dict[str, Any] = {
