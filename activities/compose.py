@@ -14,8 +14,9 @@ from email.utils import parseaddr
 
 from core.config import Settings
 from core.models import Contact, Send, Template
+from core.tokens import TokenSigner
 from mail import dkim
-from mail.message import build_message, message_bytes
+from mail.message import message_bytes_for
 from mail.render import TemplateSource, render, template_context
 from services.tracking_links import MessageLinks, mint_message_links
 
@@ -82,6 +83,7 @@ def compose(
     journey_name: str,
     now: datetime,
     dkim_key: DkimKey | None,
+    signer: TokenSigner | None = None,
 ) -> Composed:
     """Raises mail.render.TemplateRenderError (names template/part/line) or ValueError
     (names the field) when the message cannot be made."""
@@ -92,6 +94,7 @@ def compose(
         now=now,
         track_opens=template.track_opens,
         track_clicks=template.track_clicks,
+        signer=signer,
     )
     content = render(
         TemplateSource(template.key, template.subject, template.html, template.text),
@@ -105,7 +108,7 @@ def compose(
         ),
         link_url=links.link_url,
     )
-    msg = build_message(
+    raw = message_bytes_for(
         content,
         from_addr=settings.mail_from,
         to_addr=contact.email,
@@ -119,7 +122,6 @@ def compose(
         pixel_url=links.pixel_url,
         trap_url=links.trap_url,
     )
-    raw = message_bytes(msg)
     if dkim_key is not None:
         raw = dkim_key.sign(raw)
     return Composed(raw, links)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from sqlalchemy import text
+from psycopg.pq import TransactionStatus
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
+from activities.sql_batch import Rows, Statement, first, run_transaction
 from core.config import Settings
 from core.db import Database
 from core.models import utcnow
-from services.report_rollup import ids, on_steps_recorded, rollup_runs_locked
+from services.report_rollup import RUNS_ROLLUP_ONE, STEPS_ROLLUP_OF_RUN
 from workflows.types import RecordInput
 
 
@@ -47,61 +49,100 @@ class RunActivities:
     async def record_steps(self, inp: RecordInput) -> None:
         ended = inp.status != "running"
         records = inp.records
-        async with self.db.session() as s:
-            result = await s.execute(
-                _RECORD,
-                {
-                    "id": inp.run_id,
-                    "journey_key": inp.journey_key,
-                    "version": inp.version,
-                    "contact_id": inp.contact_id,
-                    "workflow_id": inp.workflow_id,
-                    "status": inp.status,
-                    "step": inp.step,
-                    "exit_reason": inp.exit_reason,
-                    "waiting_for": None if inp.waiting_for is None else json.dumps(inp.waiting_for),
-                    "visits": json.dumps(inp.visits),
-                    "goal_reached_at": inp.goal_reached_at,
-                    "trigger_event_id": inp.trigger_event_id,
-                    "now": utcnow(),
-                    "ended": ended,
-                    "seqs": [r.seq for r in records],
-                    "steps": [r.step for r in records],
-                    "visit_nos": [r.visit for r in records],
-                    "actions": [r.action for r in records],
-                    "outcomes": [r.outcome for r in records],
-                    "ats": [r.at for r in records],
-                },
+        statements: list[Statement] = [(_RECORD, _record_params(inp, ended))]
+        if records:
+            statements.append(
+                (STEPS_ROLLUP_OF_RUN, {"run_id": inp.run_id, "seqs": [r.seq for r in records]})
             )
-            before = result.scalar()
-            if records:
-                await on_steps_recorded(s, inp.run_id, records)
-            # Report counters move in the same transaction; both calls are retry-safe.
-            await rollup_runs_locked(s, ids([inp.run_id]))
-            # Ended runs re-check every time (a retry after a failed check must not skip it).
-            changed = before is None or before != inp.status or ended
-            recheck = changed and await self._segments_to_recheck(s, inp)
-            await s.commit()
+        # Report counters move in the same transaction; both statements are retry-safe.
+        statements.append((RUNS_ROLLUP_ONE, {"run_id": inp.run_id}))
+        if ended and self.settings is not None:
+            # Ended runs re-check every time (a retry after a failed check must not skip
+            # it): the rule segments are read in the same transaction, so a run no segment
+            # watches (the common case) costs nothing more.
+            statements.append((_RULE_SEGMENTS, {}))
+        async with self.db.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            try:
+                results = await run_transaction(raw, statements)
+            finally:
+                if raw.info.transaction_status != TransactionStatus.IDLE:
+                    await raw.rollback()  # the failed batch's transaction
+            before_row = first(results[0])
+            before = before_row["before"] if before_row else None
+            if ended and self.settings is not None:
+                recheck = _watched(results[-1], inp)
+            elif before is None or before != inp.status:
+                # A started run (or a status the run row did not have): the rare case,
+                # read the segment list in a transaction of its own.
+                async with AsyncSession(bind=conn, expire_on_commit=False) as s:
+                    recheck = await self._segments_to_recheck(s, inp)
+                    await s.commit()
+            else:
+                recheck = False
             if recheck:
-                await self._run_status_changed(s, inp)
+                async with AsyncSession(bind=conn, expire_on_commit=False) as s:
+                    await self._run_status_changed(s, inp)
+
+
+def _record_params(inp: RecordInput, ended: bool) -> dict[str, Any]:
+    records = inp.records
+    return {
+        "id": inp.run_id,
+        "journey_key": inp.journey_key,
+        "version": inp.version,
+        "contact_id": inp.contact_id,
+        "workflow_id": inp.workflow_id,
+        "status": inp.status,
+        "step": inp.step,
+        "exit_reason": inp.exit_reason,
+        "waiting_for": None if inp.waiting_for is None else json.dumps(inp.waiting_for),
+        "visits": json.dumps(inp.visits),
+        "goal_reached_at": inp.goal_reached_at,
+        "trigger_event_id": inp.trigger_event_id,
+        "now": utcnow(),
+        "ended": ended,
+        "seqs": [r.seq for r in records],
+        "steps": [r.step for r in records],
+        "visit_nos": [r.visit for r in records],
+        "actions": [r.action for r in records],
+        "outcomes": [r.outcome for r in records],
+        "ats": [r.at for r in records],
+    }
+
+
+_RULE_SEGMENTS = "SELECT key, updated_at, rule FROM segment WHERE kind = 'rule' ORDER BY key"
+
+
+def _watched(rows: Rows | None, inp: RecordInput) -> bool:
+    """Whether any rule segment (rows of _RULE_SEGMENTS) reads this journey's runs."""
+    if not rows:
+        return False
+    from services.segment_membership import RuleSegment, affected, compiled_for
+
+    segments = [
+        RuleSegment(r["key"], compiled_for(r["key"], r["updated_at"], r["rule"])) for r in rows
+    ]
+    return bool(affected(segments, {f"journey:{inp.journey_key}"}))
 
 
 # The run row, its new step_log rows and the lock of its report state row in one
-# statement (text(): no ORM statement building per call), returning the status the run
+# statement (driver-level SQL: no ORM statement building per call), returning the status the run
 # had before. A retried call is a no-op for step_log rows already written (seq); a
 # conversion is recorded once, a later write never clears or moves it. The report state
 # row is made to exist and locked here (services.report_rollup._lock does the same), so
 # the run counters' statement that follows reads a snapshot taken after the lock.
-_RECORD = text("""\
-WITH old AS (SELECT status FROM run WHERE id = :id),
+_RECORD = """\
+WITH old AS (SELECT status FROM run WHERE id = %(id)s),
 up AS (
   INSERT INTO run AS r (id, journey_key, version, contact_id, workflow_id, status, step,
                         exit_reason, waiting_for, visits, goal_reached_at, started_at,
                         ended_at, trigger_event_id)
-  VALUES (:id, :journey_key, :version, :contact_id, :workflow_id, :status, :step,
-          :exit_reason, CAST(:waiting_for AS jsonb), CAST(:visits AS jsonb),
-          :goal_reached_at, :now, CASE WHEN :ended THEN CAST(:now AS timestamptz) END,
-          :trigger_event_id)
+  VALUES (%(id)s, %(journey_key)s, %(version)s, %(contact_id)s, %(workflow_id)s, %(status)s,
+          %(step)s, %(exit_reason)s, CAST(%(waiting_for)s AS jsonb), CAST(%(visits)s AS jsonb),
+          %(goal_reached_at)s, %(now)s,
+          CASE WHEN %(ended)s THEN CAST(%(now)s AS timestamptz) END, %(trigger_event_id)s)
   ON CONFLICT (id) DO UPDATE SET
     journey_key = EXCLUDED.journey_key, version = EXCLUDED.version,
     contact_id = EXCLUDED.contact_id, workflow_id = EXCLUDED.workflow_id,
@@ -115,16 +156,16 @@ up AS (
 ), logged AS (
   INSERT INTO step_log (run_id, seq, journey_key, version, contact_id, step, visit, action,
                         outcome, at)
-  SELECT :id, x.seq, :journey_key, :version, :contact_id, x.step, x.visit, x.action,
-         x.outcome, x.at
-  FROM unnest(CAST(:seqs AS int[]), CAST(:steps AS text[]), CAST(:visit_nos AS int[]),
-              CAST(:actions AS text[]), CAST(:outcomes AS text[]),
-              CAST(:ats AS timestamptz[])) AS x(seq, step, visit, action, outcome, at)
+  SELECT %(id)s, x.seq, %(journey_key)s, %(version)s, %(contact_id)s, x.step, x.visit,
+         x.action, x.outcome, x.at
+  FROM unnest(CAST(%(seqs)s AS int[]), CAST(%(steps)s AS text[]), CAST(%(visit_nos)s AS int[]),
+              CAST(%(actions)s AS text[]), CAST(%(outcomes)s AS text[]),
+              CAST(%(ats)s AS timestamptz[])) AS x(seq, step, visit, action, outcome, at)
   ON CONFLICT ON CONSTRAINT uq_step_log_seq DO NOTHING
   RETURNING 1
 ), locked AS (
-  INSERT INTO report_run_state (run_id) VALUES (:id)
+  INSERT INTO report_run_state (run_id) VALUES (%(id)s)
   ON CONFLICT (run_id) DO UPDATE SET run_id = EXCLUDED.run_id
   RETURNING 1
 )
-SELECT (SELECT status FROM old) AS before""")
+SELECT (SELECT status FROM old) AS before"""

@@ -35,8 +35,8 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import AsyncClientCursor
 from psycopg.pq import TransactionStatus
-from psycopg.rows import dict_row
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.client import Client
@@ -49,6 +49,7 @@ from activities.smtp import (
     SmtpTransport,
     TransientSmtpError,
 )
+from activities.sql_batch import first, run_transaction
 from core.config import Settings
 from core.db import Database
 from core.models import Contact, Send, Template, utcnow
@@ -59,6 +60,7 @@ from services.identity import email_hash
 from services.mail_outcomes import record_outcome
 from services.report_rollup import SEND_ROLLUP_ONE
 from services.suppressions import find_suppression
+from services.tracking_links import token_signer
 from workflows.types import SendInput, SendResult
 
 log = logging.getLogger("journeys.sending")
@@ -130,10 +132,10 @@ def cap_lock_key(contact_id: str) -> int:
 
 # The hot path's statements, written once as driver-level SQL (psycopg's %(name)s
 # parameters): no ORM statement building per send, one statement where the ORM path took
-# several, and sent in pipelined transactions (_Held.pipelined).
+# several, and each transaction sent as one message (_Held.batch, activities/sql_batch.py).
 
 # The contact's cap lock, as a statement of its own before _RESERVE_AND_CHECK (same
-# pipelined transaction): under READ COMMITTED each statement takes its snapshot when it
+# batched transaction): under READ COMMITTED each statement takes its snapshot when it
 # starts, so the checks and the reservation below see whatever was committed while this
 # one waited (an erasure, an unsubscribe, a revoked consent, the cap check's reservation).
 _CAP_LOCK = "SELECT pg_advisory_xact_lock(%(cap_key)s)"
@@ -225,31 +227,19 @@ class _Held:
     lock_key: int
     released: bool = False
 
-    async def pipelined(
+    async def batch(
         self, statements: Sequence[tuple[str, Mapping[str, Any]]], *, unlock: bool = False
     ) -> list[dict[str, Any] | None]:
         """BEGIN, the statements, COMMIT (then, with unlock, the send's lock released after
-        the commit) sent together in psycopg's pipeline mode instead of waiting for each
-        answer. PostgreSQL still runs them one after another, each statement with its own
-        snapshot, as if sent one by one; a failing statement rolls the transaction back.
-        Returns each statement's first row (None when it returns none)."""
-        raw = self.raw
-        if raw.info.transaction_status != TransactionStatus.IDLE:
-            # An ORM transaction is open on this connection: committing here would end it.
-            raise RuntimeError("pipelined transaction inside an open transaction")
-        cursors = []
-        async with raw.pipeline():
-            async with raw.transaction():
-                for sql, params in statements:
-                    cur = raw.cursor(row_factory=dict_row)
-                    await cur.execute(sql, params)
-                    cursors.append(cur)
-            if unlock:
-                async with raw.transaction():
-                    await raw.execute(_UNLOCK, {"key": self.lock_key})
+        the commit) in one round trip (activities/sql_batch.py). PostgreSQL runs them one
+        after another, each statement with its own snapshot, as if sent one by one; a
+        failing statement rolls the transaction back (and the lock stays held, released
+        by _locked). Returns each statement's first row (None when it returns none)."""
+        after = [(_UNLOCK, {"key": self.lock_key})] if unlock else []
+        results = await run_transaction(self.raw, statements, after_commit=after)
         if unlock:
             self.released = True
-        return [await c.fetchone() if c.description else None for c in cursors]
+        return [first(rows) for rows in results[: len(statements)]]
 
 
 @asynccontextmanager
@@ -294,6 +284,7 @@ class SendActivities:
         self.settings = settings
         self.transport = transport
         self.dkim_key = dkim_key if dkim_key is not None else load_dkim(settings)
+        self.signer = token_signer(settings)  # the tracking keys, read once like the DKIM key
 
     @activity.defn(name="send_email")
     async def send_email(self, inp: SendInput) -> SendResult:
@@ -326,7 +317,7 @@ class SendActivities:
                 try:
                     await held.session.close()  # rolls back whatever the attempt left open
                     if raw.info.transaction_status != TransactionStatus.IDLE:
-                        await raw.rollback()  # a pipelined transaction that failed
+                        await raw.rollback()  # a batched transaction that failed
                     if got and not held.released:
                         await _autocommit_scalar(raw, "SELECT pg_advisory_unlock(%s)", key)
                 except Exception:
@@ -378,7 +369,7 @@ class SendActivities:
         else:  # a contact stored without its hash: look the address up the long way
             hashed = email_hash(contact.email, ctx.pepper)
             suppressed = await find_suppression(ctx, hashed, send.category) is not None
-            await ctx.session.commit()  # ends the read, before the pipelined transactions
+            await ctx.session.commit()  # ends the read, before the batched transactions
         if suppressed:
             return await self._finish(held, send, "blocked", "suppressed")
         if not (send.category and row["granted"]):
@@ -394,6 +385,7 @@ class SendActivities:
                 journey_name=inp.journey_name,
                 now=now,
                 dkim_key=self.dkim_key,
+                signer=self.signer,
             )
         except TemplateRenderError as exc:
             return await self._finish(held, send, "failed", str(exc))
@@ -412,7 +404,7 @@ class SendActivities:
             ) from None
         progress = SendProgress()
         try:
-            await held.pipelined(
+            await held.batch(
                 [
                     (
                         _MARK_SENDING,
@@ -451,7 +443,7 @@ class SendActivities:
         except TransientSmtpError as exc:
             if not exc.delivered_unknown:
                 # The relay certainly did not take it: the next attempt starts afresh.
-                await held.pipelined(
+                await held.batch(
                     [(_RESET_RESERVED, {"detail": exc.detail, "send_id": send.id})]
                 )
             # Otherwise stay `sending`: the next attempt settles it (see module doc).
@@ -470,7 +462,7 @@ class SendActivities:
         transaction. A new row is committed under the contact's cap lock, so the cap
         decisions of the contact's other runs (capped journeys) count this send from now on."""
         params = reservation_params(inp, self.settings.mail_domain)
-        _, row = await held.pipelined(
+        _, row = await held.batch(
             [
                 (_CAP_LOCK, {"cap_key": cap_lock_key(inp.contact_id)}),
                 (_RESERVE_AND_CHECK, params),
@@ -500,7 +492,7 @@ class SendActivities:
 
     async def _settle_interrupted(self, held: _Held, send: Send) -> SendResult | None:
         """A previous attempt died after `sending` was committed (module doc)."""
-        [in_outbox] = await held.pipelined([(_IN_OUTBOX, {"message_id": send.message_id})])
+        [in_outbox] = await held.batch([(_IN_OUTBOX, {"message_id": send.message_id})])
         if in_outbox is not None:
             return await self._finish(held, send, "sent", "recovered")
         builtin = self.settings.smtp_builtin_sink
@@ -574,17 +566,19 @@ class SendActivities:
     async def _finish(self, held: _Held, send: Send, status: str, detail: str | None) -> SendResult:
         """The status with its report counters, committed, and the send's lock released,
         in one round trip."""
-        await held.pipelined(self._status_statements(send, status, detail), unlock=True)
+        await held.batch(self._status_statements(send, status, detail), unlock=True)
         return SendResult(status, send.id, detail)
 
 
 async def _autocommit_scalar(conn: Any, sql: str, *params: Any) -> Any:
     """One statement outside any transaction on a psycopg connection that has none open
-    (between the attempt's commits): one round trip, no BEGIN/COMMIT."""
+    (between the attempt's commits): one round trip and one message (bound client-side),
+    no BEGIN/COMMIT."""
     await conn.set_autocommit(True)
     try:
-        cur = await conn.execute(sql, params)
-        row = await cur.fetchone()
+        async with AsyncClientCursor(conn) as cur:
+            await cur.execute(sql, params)
+            row = await cur.fetchone()
     finally:
         await conn.set_autocommit(False)
     return row[0] if row else None

@@ -6,13 +6,15 @@ takes mail addressed to the product itself (bounce reports to bounces@MAIL_DOMAI
 feedback reports, mailto unsubscribes) instead of keeping it as outbox mail.
 
 It is on the benchmarks' measured path, so it stays lean: of a message it parses only
-the header block, and only the two headers the outbox keeps; each one is one INSERT.
+the header block, and only the two headers the outbox keeps; messages arriving together
+are stored with one INSERT (group commit), each before its 250.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.policy
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -21,11 +23,12 @@ from email.parser import BytesHeaderParser
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from sqlalchemy import insert, text
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from activities.smtp import SINK_IDENT
 from core.db import Database
-from core.models import OutboxMessage, utcnow
+from core.models import utcnow
 
 log = logging.getLogger("journeys.sink")
 
@@ -221,31 +224,107 @@ class SinkHandler:
 
 
 def db_store(db: Database) -> Store:
-    """One INSERT per message, straight through the engine (no ORM session), committed
-    by itself (autocommit: no BEGIN/COMMIT round trips). It is done before the sink
-    answers 250, so the outbox holds every message the sink accepted.
+    """Stores each message before the sink answers 250, so the outbox holds every message
+    the sink accepted: one autocommitted INSERT per batch of the messages waiting at that
+    moment (_OutboxWriter), not a connection and an INSERT per message.
 
     Every accepted copy is its own row, so a sender that mails one message twice shows
     as two rows (the exactly-once tests count them); `db_stored` tells a failed INSERT
     that did commit from one that did not."""
-    statement = insert(OutboxMessage)
-    engine = db.engine.execution_options(isolation_level="AUTOCOMMIT")
+    return _OutboxWriter(db).store
 
-    async def store(msg: ReceivedMessage) -> None:
-        async with engine.connect() as conn:
-            await conn.execute(
-                statement,
-                {
-                    "mail_from": msg.mail_from,
-                    "rcpt_to": msg.rcpt_to,
-                    "subject": msg.subject,
-                    "message_id": msg.message_id,
-                    "raw": msg.raw,
-                    "received_at": utcnow(),
-                },
-            )
 
-    return store
+class _OutboxWriter:
+    """Group commit for the sink. Messages arriving while an INSERT is on its way wait and
+    go together in the next one (one statement, one commit), so under load the sink
+    neither opens a pool connection per concurrent message (the engine's overflow
+    connections were opened and closed again for every burst) nor commits per message.
+    A store call returns only once its row is committed, or raises."""
+
+    MAX_BATCH = 200
+
+    def __init__(self, db: Database) -> None:
+        self.engine = db.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def store(self, msg: ReceivedMessage) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        row = {
+            "mail_from": msg.mail_from,
+            "rcpt_to": msg.rcpt_to,
+            "subject": msg.subject,
+            "message_id": msg.message_id,
+            "raw": msg.raw,
+            "received_at": utcnow(),
+        }
+        self._waiting.append((row, done))
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write())
+        await done
+
+    async def _write(self) -> None:
+        while self._waiting:
+            batch = self._waiting[: self.MAX_BATCH]
+            del self._waiting[: self.MAX_BATCH]
+            try:
+                await self._insert([row for row, _ in batch])
+            except Exception as exc:
+                if len(batch) > 1 and _statement_error(exc):
+                    # Nothing of the batch was committed (one statement, refused): store
+                    # the rows one by one, so one bad row fails only its own message.
+                    for row, done in batch:
+                        try:
+                            await self._insert([row])
+                        except Exception as one:
+                            _settle(done, one)
+                        else:
+                            _settle(done, None)
+                    continue
+                for _, done in batch:
+                    _settle(done, exc)  # the handler asks whether each was stored anyway
+            else:
+                for _, done in batch:
+                    _settle(done, None)
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> None:
+        params = {
+            "mail_from": [r["mail_from"] for r in rows],
+            "rcpt_to": [json.dumps(r["rcpt_to"]) for r in rows],
+            "subject": [r["subject"] for r in rows],
+            "message_id": [r["message_id"] for r in rows],
+            "raw": [r["raw"] for r in rows],
+            "received_at": [r["received_at"] for r in rows],
+        }
+        async with self.engine.connect() as conn:
+            await conn.exec_driver_sql(_OUTBOX_INSERT, params)
+
+
+# One statement whatever the batch size, so a batch commits whole or not at all (an
+# executemany would be a statement, and with autocommit a commit, per row).
+_OUTBOX_INSERT = """\
+INSERT INTO outbox_message (mail_from, rcpt_to, subject, message_id, raw, received_at)
+SELECT m.mail_from, CAST(m.rcpt_to AS jsonb), m.subject, m.message_id, m.raw, m.received_at
+FROM unnest(CAST(%(mail_from)s AS text[]), CAST(%(rcpt_to)s AS text[]),
+            CAST(%(subject)s AS text[]), CAST(%(message_id)s AS text[]),
+            CAST(%(raw)s AS bytea[]), CAST(%(received_at)s AS timestamptz[]))
+     AS m(mail_from, rcpt_to, subject, message_id, raw, received_at)"""
+
+
+def _statement_error(exc: Exception) -> bool:
+    """The database refused the statement itself (the connection is fine): it did not
+    commit. A lost connection leaves that unknown."""
+    return isinstance(exc, DBAPIError) and not exc.connection_invalidated
+
+
+def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
+    if done.done():  # the handler went away (its client hung up)
+        return
+    if exc is None:
+        done.set_result(None)
+    else:
+        done.set_exception(exc)
 
 
 _STORED = text(

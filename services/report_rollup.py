@@ -259,8 +259,16 @@ async def rollup_sends(session: AsyncSession, sel: Selection) -> None:
 # The send counters' statement for one send whose state row the caller already made exist
 # and locked earlier in its transaction (the send path does it with its status update,
 # activities.sending): driver-level SQL (psycopg's %(send_id)s parameter), for the send
-# path's pipelined transactions.
+# path's batched transactions (activities/sql_batch.py).
 SEND_ROLLUP_ONE = _SENDS.format(sel="SELECT CAST(%(send_id)s AS text)")
+
+# The same for record_steps (activities.runs): the step counters of one run's new step_log
+# rows (by seq), and the run counters of a run whose state row it locked with the run row.
+# ('%' doubled: psycopg's parameter syntax.)
+STEPS_ROLLUP_OF_RUN = _STEPS.replace("%", "%%").format(
+    sel="SELECT id FROM step_log WHERE run_id = %(run_id)s AND seq = ANY(CAST(%(seqs)s AS int[]))"
+)
+RUNS_ROLLUP_ONE = _RUNS.replace("%", "%%").format(sel="SELECT CAST(%(run_id)s AS text)")
 
 
 async def on_send_status(session: AsyncSession, send: Any) -> None:

@@ -8,6 +8,7 @@ in a URL can redirect elsewhere or reveal who the recipient is.
 from __future__ import annotations
 
 import base64
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -21,11 +22,17 @@ from core.tokens import TokenSigner, new_link_id
 
 def token_signer(settings: Settings) -> TokenSigner:
     s = settings.secret_values()
+    return _signer(str(s["token_keys"]), int(s["token_active_key"]))
+
+
+@functools.lru_cache(maxsize=8)
+def _signer(spec: str, active: int) -> TokenSigner:
+    """Per key configuration, not per message (a send mints three or more URLs)."""
     keys: dict[int, bytes] = {}
-    for part in str(s["token_keys"]).split(","):
+    for part in spec.split(","):
         kid, _, b64 = part.strip().partition(":")
         keys[int(kid)] = base64.b64decode(b64)
-    return TokenSigner(keys, int(s["token_active_key"]))
+    return TokenSigner(keys, active)
 
 
 @dataclass
@@ -65,11 +72,14 @@ def mint_message_links(
     now: datetime,
     track_opens: bool,
     track_clicks: bool,
+    signer: TokenSigner | None = None,
 ) -> MessageLinks:
+    """signer: token_signer(settings), when the caller keeps one (the send activity does:
+    reading the keys means reading the secrets file in dev)."""
     expires = now + timedelta(days=settings.tracking_token_ttl_days)
     links = MessageLinks(
         base_url=settings.public_base_url.rstrip("/"),
-        signer=token_signer(settings),
+        signer=signer or token_signer(settings),
         expires_at=int(expires.timestamp()),
         send_id=send_id,
         track_clicks=track_clicks,

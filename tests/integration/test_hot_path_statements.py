@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
 from activities.runs import RunActivities
+from activities.sql_batch import STATEMENT_SEPARATOR
 from core.config import Settings
 from core.db import Database
 from core.models import Send, StepLog, utcnow
@@ -44,7 +45,7 @@ async def env(settings: Settings, sink: SmtpSink) -> AsyncIterator[Settings]:
 
 
 @contextmanager
-def statements_sent(db: Database) -> Iterator[list[str]]:
+def statements_sent(db: Database, messages: list[str] | None = None) -> Iterator[list[str]]:
     """The statements the engine's connections send PostgreSQL, read from the libpq
     protocol trace (so BEGIN, COMMIT and driver-level calls count too). The SMTP sink of the tests
     shares the engine; its checkouts (storing the message) are left out."""
@@ -63,6 +64,7 @@ def statements_sent(db: Database) -> Iterator[list[str]]:
             dbapi_conn.driver_connection.pgconn.untrace()
 
     seen: list[str] = []
+    messages = messages if messages is not None else []  # every message's type
     event.listen(engine.pool, "checkout", on_checkout)
     event.listen(engine.pool, "checkin", on_checkin)
     try:
@@ -79,10 +81,35 @@ def statements_sent(db: Database) -> Iterator[list[str]]:
             # may poll meanwhile; the send path never reads tracking_event), are not the send's.
             if "INSERT INTO outbox_message" in text or "tracking_event" in text:
                 continue
-            for line in text.splitlines():
-                part = line.split("\t")
-                if len(part) >= 3 and part[0] == "F" and part[2] in ("Query", "Parse"):
-                    seen.append(" ".join(part[3:]).strip().removeprefix('"" ').strip('"')[:60])
+            for kind, body in _frontend_messages(text):
+                messages.append(kind)
+                if kind == "Parse":
+                    seen.append(body.removeprefix('"" ').strip('"')[:60])
+                elif kind == "Query":
+                    # A batched transaction (activities/sql_batch.py) is one Query message
+                    # holding several statements: each one counts, except the PREPARE
+                    # of a statement's first use on a connection.
+                    for statement in body.strip('"').split(STATEMENT_SEPARATOR):
+                        if not statement.startswith("PREPARE "):
+                            seen.append(statement.strip()[:60])
+
+
+def _frontend_messages(trace: str) -> list[tuple[str, str]]:
+    """(type, body) of each message the client sent, from a libpq trace; a message whose
+    text holds line breaks spans several lines of the trace."""
+    out: list[tuple[str, str]] = []
+    current: list[str] | None = None
+    for line in trace.splitlines():
+        part = line.split("\t")
+        if len(part) >= 3 and part[0] in ("F", "B") and part[1].isdigit():
+            current = None
+            if part[0] == "F":
+                current = [part[2], "\t".join(part[3:]).strip()]
+                out.append((current[0], current[1]))
+        elif current is not None:  # continuation of a multi-line message text
+            current[1] += "\n" + line
+            out[-1] = (current[0], current[1])
+    return out
 
 
 async def test_a_granted_send_makes_few_statements_sent(db: Database, env: Settings) -> None:
@@ -90,12 +117,16 @@ async def test_a_granted_send_makes_few_statements_sent(db: Database, env: Setti
     contact = await new_contact(db, env)
     await set_grant(db, env, contact.id, CAT)
     tpl = await new_template(db)
-    with statements_sent(db) as seen:
+    messages: list[str] = []
+    with statements_sent(db, messages) as seen:
         result = await run_send(acts, send_input(contact.id, tpl.key))
     assert result.status == "sent"
+    # The lock, then each transaction, as one message each: psycopg's pipeline sent
+    # Parse/Bind/Describe/Execute for every statement, each written and awaited on its own.
+    assert messages == ["Query"] * 4, " ".join(messages)
     # Lock; BEGIN, cap lock, reserve + read + checks, COMMIT; BEGIN, `sending` + links,
     # COMMIT; (SMTP) BEGIN, `sent` + counter lock, counters, COMMIT, BEGIN, unlock, COMMIT.
-    # (Before: 21, each waited for; now the three transactions are pipelined. The cap lock
+    # (Before: 21, each waited for; now the three transactions are batched. The cap lock
     # is a statement of its own so the checks' snapshot follows it: no extra round trip.)
     assert len(seen) <= 15, "\n".join(seen)
 
@@ -125,7 +156,8 @@ async def test_recording_an_ended_run_makes_few_statements_sent(
         visits={"send": 1, "done": 1},
         exit_reason="completed",
     )
-    with statements_sent(db) as seen:
+    messages: list[str] = []
+    with statements_sent(db, messages) as seen:
         await ActivityEnvironment(client=temporal).run(acts.record_steps, inp)
     async with db.session() as s:
         logged = (await s.exec(select(StepLog).where(StepLog.run_id == run_id))).all()
@@ -133,6 +165,8 @@ async def test_recording_an_ended_run_makes_few_statements_sent(
     # BEGIN; run row + step log + run state lock; step counters; run counters; segment
     # list; COMMIT. (Before: 11, in two transactions.)
     assert len(seen) <= 6, "\n".join(seen)
+    # The transaction as one message.
+    assert messages == ["Query"], " ".join(messages)
 
 
 async def test_a_contact_stored_without_its_hash_is_still_checked(
