@@ -13,7 +13,7 @@ from email.headerregistry import Address, BaseHeader, HeaderRegistry, Unstructur
 from email.message import EmailMessage, MIMEPart
 from email.policy import Policy
 from email.utils import format_datetime
-from typing import Any
+from typing import NotRequired, TypedDict, Unpack
 
 from markupsafe import escape
 
@@ -369,61 +369,38 @@ def _qp_part(content: str, subtype: str) -> str:
     return _PART_HEAD.format(subtype) + body.replace("\n", "\r\n")
 
 
-def message_bytes_for(
-    content: Rendered,
-    *,
-    from_addr: str,
-    to_addr: str,
-    message_id: str,
-    date: datetime,
-    unsubscribe_url: str,
-    unsubscribe_mailto: str,
-    list_id: str,
-    physical_address: str,
-    list_name: str | None = None,
-    pixel_url: str | None = None,
-    trap_url: str | None = None,
-    reply_to: str | None = None,
-    unsubscribe_label: str = "Unsubscribe",
-) -> bytes:
+class MessageFields(TypedDict):
+    """build_message's keyword arguments, for the functions that pass them along."""
+
+    from_addr: str
+    to_addr: str
+    message_id: str
+    date: datetime
+    unsubscribe_url: str
+    unsubscribe_mailto: str
+    list_id: str
+    physical_address: str
+    list_name: NotRequired[str | None]
+    pixel_url: NotRequired[str | None]
+    trap_url: NotRequired[str | None]
+    reply_to: NotRequired[str | None]
+    unsubscribe_label: NotRequired[str]
+
+
+def message_bytes_for(content: Rendered, **fields: Unpack[MessageFields]) -> bytes:
     """`message_bytes(build_message(...))` with the same arguments, the same checks and
     the same bytes; without the email package when the headers allow it."""
-    kwargs: dict[str, Any] = dict(
-        from_addr=from_addr,
-        to_addr=to_addr,
-        message_id=message_id,
-        date=date,
-        unsubscribe_url=unsubscribe_url,
-        unsubscribe_mailto=unsubscribe_mailto,
-        list_id=list_id,
-        physical_address=physical_address,
-        list_name=list_name,
-        pixel_url=pixel_url,
-        trap_url=trap_url,
-        reply_to=reply_to,
-        unsubscribe_label=unsubscribe_label,
-    )
-    fast = None if reply_to else _fast_bytes(content, **kwargs)
-    return fast if fast is not None else message_bytes(build_message(content, **kwargs))
+    fast = None if fields.get("reply_to") else _fast_bytes(content, fields)
+    return fast if fast is not None else message_bytes(build_message(content, **fields))
 
 
-def _fast_bytes(
-    content: Rendered,
-    *,
-    from_addr: str,
-    to_addr: str,
-    message_id: str,
-    date: datetime,
-    unsubscribe_url: str,
-    unsubscribe_mailto: str,
-    list_id: str,
-    physical_address: str,
-    list_name: str | None,
-    pixel_url: str | None,
-    trap_url: str | None,
-    reply_to: str | None,
-    unsubscribe_label: str,
-) -> bytes | None:
+def _fast_bytes(content: Rendered, fields: MessageFields) -> bytes | None:
+    from_addr, to_addr, message_id = fields["from_addr"], fields["to_addr"], fields["message_id"]
+    date, unsubscribe_url = fields["date"], fields["unsubscribe_url"]
+    list_id, list_name = fields["list_id"], fields.get("list_name")
+    pixel_url, trap_url = fields.get("pixel_url"), fields.get("trap_url")
+    physical_address = fields["physical_address"]
+    unsubscribe_label = fields.get("unsubscribe_label", "Unsubscribe")  # build_message's default
     mailto = _check(
         content,
         from_addr=from_addr,
@@ -431,12 +408,12 @@ def _fast_bytes(
         message_id=message_id,
         date=date,
         unsubscribe_url=unsubscribe_url,
-        unsubscribe_mailto=unsubscribe_mailto,
+        unsubscribe_mailto=fields["unsubscribe_mailto"],
         list_id=list_id,
         list_name=list_name,
         pixel_url=pixel_url,
         trap_url=trap_url,
-        reply_to=reply_to,
+        reply_to=fields.get("reply_to"),
     )
     subject = content.subject
     to_line = f"To: {to_addr}"

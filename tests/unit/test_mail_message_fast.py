@@ -4,13 +4,19 @@ build_message), without it for the common case: compared over generated inputs."
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mail.message import _fast_bytes, build_message, message_bytes, message_bytes_for
+from mail.message import (
+    MessageFields,
+    _fast_bytes,
+    build_message,
+    message_bytes,
+    message_bytes_for,
+)
 from mail.template_types import Rendered
 
 ATEXT = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+/=?^_`{|}~-"
@@ -141,6 +147,6 @@ def test_a_usual_message_is_written_without_the_email_package(subject: str) -> N
         "pixel_url": "https://journeys.example/t/o/PiXeL",
         "trap_url": "https://journeys.example/t/c/TrAp",
     }
-    fast = _fast_bytes(content, reply_to=None, unsubscribe_label="Unsubscribe", **kwargs)
+    fast = _fast_bytes(content, cast(MessageFields, kwargs))
     assert fast is not None
     assert fast == message_bytes(build_message(content, **kwargs))
