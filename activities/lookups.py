@@ -20,7 +20,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.heartbeats import beat
 from activities.sending import cap_lock_key, insert_reservation
 from core.config import Settings
 from core.db import Database
@@ -274,7 +273,7 @@ class LookupActivities:
                     return SendCapResult(count=len(rows), next_allowed_at=None)
             if settled >= inp.max_sends or time.monotonic() >= settle_by:
                 break
-            beat()
+            activity.heartbeat()
             await asyncio.sleep(CAP_SETTLE_POLL)
         oldest_to_leave = rows[len(rows) - inp.max_sends][0]
         next_allowed = period.add_to(oldest_to_leave)

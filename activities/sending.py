@@ -254,7 +254,7 @@ async def _heartbeating() -> AsyncIterator[None]:
             activity.heartbeat()
 
     if activity.info().is_local:
-        yield  # no activity task to keep alive (see activities/heartbeats.py)
+        yield  # a local activity (runs from patch local-step-activities on): no task to keep alive
         return
     task = asyncio.create_task(pulse())
     try:

@@ -304,8 +304,9 @@ class StepRunner(Interpreter):
             send,
             SendResult,
             start_to_close=SEND_TIMEOUT,
-            # send_email heartbeats every second: a killed worker's send is retried (and
-            # settled without a second mail) within seconds, not after SEND_TIMEOUT.
+            # As an activity task (runs from before LOCAL_STEPS_PATCH) send_email heartbeats
+            # every second: a killed worker's send is retried (and settled without a second
+            # mail) within seconds, not after SEND_TIMEOUT.
             heartbeat=timedelta(seconds=5),
             local=True,  # (runs with LOCAL_STEPS_PATCH; see Interpreter.call)
         )
