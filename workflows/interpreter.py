@@ -58,7 +58,7 @@ FLUSH_AFTER_RECORDS = 200  # a long run of non-blocking steps still writes its t
 # changes as one upsert. Older histories replay with the old commands.
 LOCAL_RECORDS_PATCH = "local-record-steps-batched-search-attributes"
 # Runs started from this patch on also send as a local activity: a send -> exit run is one
-# workflow task with no activity task (the server's CPU a run fell by a quarter). It implies
+# workflow task with no activity task (the server's CPU a run fell by a fifth to a quarter). It implies
 # LOCAL_RECORDS_PATCH and the undecided frequency cap's patch (one marker per run instead of
 # one per patch). A send is keyed by (run, step, visit) in the ledger, which a local
 # activity needs: it runs again when its workflow task is lost (a worker dies, or a
