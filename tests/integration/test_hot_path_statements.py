@@ -4,11 +4,10 @@ and the worker (and, unless pipelined, a wait), so the hot path is held to a bud
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pytest_asyncio
 from psycopg.pq import Trace
 from sqlalchemy import event, text
 from sqlmodel import select
@@ -20,7 +19,6 @@ from activities.sql_batch import STATEMENT_SEPARATOR
 from core.config import Settings
 from core.db import Database
 from core.models import Send, StepLog, utcnow
-from devstack.smtp_sink import SmtpSink
 from services.context import ServiceContext
 from services.identity import email_hash
 from services.suppressions import suppress
@@ -30,18 +28,12 @@ from tests.integration.sending_support import (
     new_template,
     run_send,
     send_input,
-    sending_settings,
     set_grant,
     tag,
 )
 from workflows.types import RecordInput, StepRecord
 
 CAT = "care_reminders"
-
-
-@pytest_asyncio.fixture
-async def env(settings: Settings, sink: SmtpSink) -> AsyncIterator[Settings]:
-    yield sending_settings(settings)
 
 
 @contextmanager

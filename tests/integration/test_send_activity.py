@@ -4,10 +4,8 @@ moment of sending, the ledger, recovery after a crash, SMTP failures, DKIM."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlmodel import select
@@ -34,17 +32,11 @@ from tests.integration.sending_support import (
     outbox_for,
     run_send,
     send_input,
-    sending_settings,
     set_grant,
     suppressions_of,
 )
 
 CAT = "care_reminders"
-
-
-@pytest_asyncio.fixture
-async def env(settings: Settings, sink: SmtpSink) -> AsyncIterator[Settings]:
-    yield sending_settings(settings)
 
 
 async def test_granted_send_goes_out_once_with_compliant_headers(

@@ -8,14 +8,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import pytest_asyncio
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from activities.sending import cap_lock_key, insert_reservation
 from core.config import Settings
 from core.db import Database
-from devstack.smtp_sink import SmtpSink
 from services.context import ServiceContext
 from services.suppressions import suppress
 from tests.helpers import eventually
@@ -27,16 +25,10 @@ from tests.integration.sending_support import (
     outbox_for,
     run_send,
     send_input,
-    sending_settings,
     set_grant,
 )
 
 CAT = "care_reminders"
-
-
-@pytest_asyncio.fixture
-async def env(settings: Settings, sink: SmtpSink) -> AsyncIterator[Settings]:
-    yield sending_settings(settings)
 
 
 @asynccontextmanager

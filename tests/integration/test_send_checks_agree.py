@@ -5,16 +5,13 @@ agree, case by case, so the two cannot drift apart."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-import pytest_asyncio
 
 from core.config import Settings
 from core.db import Database
 from core.models import utcnow
-from devstack.smtp_sink import SmtpSink
 from services.consents import ConsentIn, has_valid_grant, set_consent
 from services.context import ServiceContext
 from services.suppressions import find_suppression, suppress
@@ -24,16 +21,10 @@ from tests.integration.sending_support import (
     new_template,
     run_send,
     send_input,
-    sending_settings,
     set_grant,
 )
 
 CAT = "care_reminders"
-
-
-@pytest_asyncio.fixture
-async def env(settings: Settings, sink: SmtpSink) -> AsyncIterator[Settings]:
-    yield sending_settings(settings)
 
 
 Consents = list[tuple[str, bool, int | None]]
