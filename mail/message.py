@@ -19,6 +19,7 @@ from markupsafe import escape
 
 from mail.template_types import Rendered
 
+UNSUBSCRIBE_LABEL = "Unsubscribe"  # the footer link's text unless a caller names it
 ONE_CLICK = "List-Unsubscribe=One-Click"
 
 _HOSTNAME = re.compile(
@@ -192,65 +193,55 @@ def _text_part(content: str, subtype: str) -> MIMEPart:
     return part
 
 
-def _check(
-    content: Rendered,
-    *,
-    from_addr: str,
-    to_addr: str,
-    message_id: str,
-    date: datetime,
-    unsubscribe_url: str,
-    unsubscribe_mailto: str,
-    list_id: str,
-    list_name: str | None,
-    pixel_url: str | None,
-    trap_url: str | None,
-    reply_to: str | None,
-) -> str:
+class MessageFields(TypedDict):
+    """build_message's keyword arguments, for the functions that pass them along."""
+
+    from_addr: str
+    to_addr: str
+    message_id: str
+    date: datetime
+    unsubscribe_url: str
+    unsubscribe_mailto: str
+    list_id: str
+    physical_address: str
+    list_name: NotRequired[str | None]
+    pixel_url: NotRequired[str | None]
+    trap_url: NotRequired[str | None]
+    reply_to: NotRequired[str | None]
+    unsubscribe_label: NotRequired[str]
+
+
+def _check(content: Rendered, fields: MessageFields) -> str:
     """The checks of build_message (ValueError naming the field); returns the mailto URI."""
+    date, message_id, list_id = fields["date"], fields["message_id"], fields["list_id"]
+    unsubscribe_mailto = fields["unsubscribe_mailto"]
     if date.tzinfo is None or date.utcoffset() is None:
         raise ValueError("date must be timezone-aware")
     if not _MSG_ID.fullmatch(message_id):
         raise ValueError("message_id must look like <id@domain>")
     if not _LIST_ID.fullmatch(list_id):
         raise ValueError("list_id must be a dotted identifier such as journey.example.org")
-    _uri("unsubscribe_url", unsubscribe_url, ("https://", "http://"))
+    _uri("unsubscribe_url", fields["unsubscribe_url"], ("https://", "http://"))
     mailto = _uri(
         "unsubscribe_mailto", f"mailto:{unsubscribe_mailto}?subject=unsubscribe", ("mailto:",)
     )
     if unsubscribe_mailto.count("@") != 1:
         raise ValueError("unsubscribe_mailto must be an e-mail address")
-    for field, value in (("pixel_url", pixel_url), ("trap_url", trap_url)):
+    for field, value in (("pixel_url", fields.get("pixel_url")), ("trap_url", fields.get("trap_url"))):
         if value is not None:
             _uri(field, value, ("https://", "http://"))
     for field, value in (
-        ("from_addr", from_addr),
-        ("to_addr", to_addr),
-        ("reply_to", reply_to or ""),
-        ("list_name", list_name or ""),
+        ("from_addr", fields["from_addr"]),
+        ("to_addr", fields["to_addr"]),
+        ("reply_to", fields.get("reply_to") or ""),
+        ("list_name", fields.get("list_name") or ""),
         ("subject", content.subject),
     ):
         _single_line(field, value)
     return mailto
 
 
-def build_message(
-    content: Rendered,
-    *,
-    from_addr: str,
-    to_addr: str,
-    message_id: str,
-    date: datetime,
-    unsubscribe_url: str,
-    unsubscribe_mailto: str,
-    list_id: str,
-    physical_address: str,
-    list_name: str | None = None,
-    pixel_url: str | None = None,
-    trap_url: str | None = None,
-    reply_to: str | None = None,
-    unsubscribe_label: str = "Unsubscribe",
-) -> EmailMessage:
+def build_message(content: Rendered, **fields: Unpack[MessageFields]) -> EmailMessage:
     """A multipart/alternative marketing message.
 
     `unsubscribe_url` is the one-click endpoint (https in production; http is
@@ -258,20 +249,13 @@ def build_message(
     `unsubscribe_mailto` is the bare address for the mailto: alternative;
     `list_id` is the dotted List-Id identifier (e.g. post-visit.clinic.example).
     """
-    mailto = _check(
-        content,
-        from_addr=from_addr,
-        to_addr=to_addr,
-        message_id=message_id,
-        date=date,
-        unsubscribe_url=unsubscribe_url,
-        unsubscribe_mailto=unsubscribe_mailto,
-        list_id=list_id,
-        list_name=list_name,
-        pixel_url=pixel_url,
-        trap_url=trap_url,
-        reply_to=reply_to,
-    )
+    mailto = _check(content, fields)
+    from_addr, to_addr, message_id = fields["from_addr"], fields["to_addr"], fields["message_id"]
+    date, unsubscribe_url = fields["date"], fields["unsubscribe_url"]
+    list_id, list_name = fields["list_id"], fields.get("list_name")
+    pixel_url, trap_url = fields.get("pixel_url"), fields.get("trap_url")
+    reply_to = fields.get("reply_to")
+    unsubscribe_label = fields.get("unsubscribe_label", UNSUBSCRIBE_LABEL)
 
     msg = EmailMessage(policy=MESSAGE_POLICY)
     _set_address(msg, "From", "from_addr", from_addr)
@@ -287,7 +271,7 @@ def build_message(
     msg["MIME-Version"] = "1.0"
 
     text, html = _bodies(
-        content, physical_address, unsubscribe_url, unsubscribe_label, pixel_url, trap_url
+        content, fields["physical_address"], unsubscribe_url, unsubscribe_label, pixel_url, trap_url
     )
     msg["Content-Type"] = "multipart/alternative"
     msg.set_payload([_text_part(text, "plain"), _text_part(html, "html")])
@@ -369,24 +353,6 @@ def _qp_part(content: str, subtype: str) -> str:
     return _PART_HEAD.format(subtype) + body.replace("\n", "\r\n")
 
 
-class MessageFields(TypedDict):
-    """build_message's keyword arguments, for the functions that pass them along."""
-
-    from_addr: str
-    to_addr: str
-    message_id: str
-    date: datetime
-    unsubscribe_url: str
-    unsubscribe_mailto: str
-    list_id: str
-    physical_address: str
-    list_name: NotRequired[str | None]
-    pixel_url: NotRequired[str | None]
-    trap_url: NotRequired[str | None]
-    reply_to: NotRequired[str | None]
-    unsubscribe_label: NotRequired[str]
-
-
 def message_bytes_for(content: Rendered, **fields: Unpack[MessageFields]) -> bytes:
     """`message_bytes(build_message(...))` with the same arguments, the same checks and
     the same bytes; without the email package when the headers allow it."""
@@ -400,21 +366,8 @@ def _fast_bytes(content: Rendered, fields: MessageFields) -> bytes | None:
     list_id, list_name = fields["list_id"], fields.get("list_name")
     pixel_url, trap_url = fields.get("pixel_url"), fields.get("trap_url")
     physical_address = fields["physical_address"]
-    unsubscribe_label = fields.get("unsubscribe_label", "Unsubscribe")  # build_message's default
-    mailto = _check(
-        content,
-        from_addr=from_addr,
-        to_addr=to_addr,
-        message_id=message_id,
-        date=date,
-        unsubscribe_url=unsubscribe_url,
-        unsubscribe_mailto=fields["unsubscribe_mailto"],
-        list_id=list_id,
-        list_name=list_name,
-        pixel_url=pixel_url,
-        trap_url=trap_url,
-        reply_to=fields.get("reply_to"),
-    )
+    unsubscribe_label = fields.get("unsubscribe_label", UNSUBSCRIBE_LABEL)
+    mailto = _check(content, fields)
     subject = content.subject
     to_line = f"To: {to_addr}"
     subject_line = f"Subject: {subject}"
