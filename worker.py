@@ -93,7 +93,9 @@ class ContextFreeSandbox(WorkflowRunner):
     applied and removed each time): 40% of the worker's CPU for a signal-driven workflow
     task in bench/click_latency.py (sandboxed 14-15 ms, unsandboxed 8-9 ms). For a
     converter that ignores context (`ignores_context`) the answer cannot matter, so it is
-    given outside: activations still run inside the sandbox with all its restrictions."""
+    given outside. Activations run inside the sandbox as before. (Our own workflows and
+    dsl modules are passed through it, so its restrictions never see their calls:
+    tests/unit/test_workflow_determinism.py reads their source instead.)"""
 
     def __init__(self, sandbox: SandboxedWorkflowRunner) -> None:
         self.sandbox = sandbox
