@@ -58,6 +58,7 @@ import orjson
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
+from sqlalchemy.orm import configure_mappers
 from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.service import RPCError
@@ -70,7 +71,7 @@ from core.models import Send, utcnow
 from services.context import ServiceContext
 from services.network_list import ActiveList, NetworkListCache
 from services.report_rollup import TRACKING_ROLLUP_OF_EVENTS
-from services.segment_membership import on_contacts_changed
+from services.segment_membership import affected, on_contacts_changed, rule_segments
 from services.temporal_errors import misconfigured, refusal_code, run_not_found, transient
 from services.tracking_buffer import NOTIFY_CHANNEL, libpq_url
 from workflows.types import EngagementSignal
@@ -78,6 +79,7 @@ from workflows.types import EngagementSignal
 log = logging.getLogger("journeys.tracking.judge")
 
 ENGAGEMENT_SIGNAL = "engagement"
+ENGAGEMENT_KINDS = frozenset({"engagement"})  # what behavioural segments read of verdicts
 # PostgreSQL channel an API process notifies after committing hits.
 HITS_CHANNEL = NOTIFY_CHANNEL  # what the hit writer notifies
 HELD_ELSEWHERE_PAUSE = 0.25  # seconds before retrying messages another judge holds
@@ -417,6 +419,7 @@ class TrackingJudge:
         for them (the parser's first use compiles its patterns: ~0.3 s of CPU)."""
         active = self._index_changed()
         await asyncio.to_thread(_warm_classifier, active)
+        configure_mappers()  # the segment refreshes' ORM (its first use builds the mappers)
 
         async def ping() -> None:
             async with self._connection() as conn:
@@ -850,12 +853,16 @@ class TrackingJudge:
             return
         started = time.perf_counter()
         async with self.db.session() as s:
+            ctx = ServiceContext(s, self.settings, self.temporal)
+            if not affected(await rule_segments(ctx), ENGAGEMENT_KINDS):
+                # No segment reads engagement (one query, not the contacts' too).
+                await s.commit()
+                return
             contact_ids = sorted(
                 set((await s.exec(select(Send.contact_id).where(col(Send.id).in_(send_ids)))).all())
             )
             await s.commit()
-            ctx = ServiceContext(s, self.settings, self.temporal)
-            await on_contacts_changed(ctx, contact_ids, kinds={"engagement"})
+            await on_contacts_changed(ctx, contact_ids, kinds=ENGAGEMENT_KINDS)
         log.debug(
             "segments refreshed for %d contacts in %.0f ms",
             len(contact_ids),
