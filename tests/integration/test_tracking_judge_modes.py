@@ -12,6 +12,7 @@ queue: what each of them judged, and what is still queued, can be asserted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import subprocess
@@ -20,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -369,3 +371,120 @@ async def test_human_clicks_refresh_behavioural_segments_in_one_batch(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def _judged_at(db: Database, event_ids: list[str]) -> set[object]:
+    async with db.session() as s:
+        rows = await s.exec(  # type: ignore[call-overload]
+            text("SELECT judged_at FROM tracking_event WHERE id = ANY(:ids)").bindparams(
+                ids=event_ids
+            )
+        )
+        return {r[0] for r in rows}
+
+
+async def test_a_burst_is_judged_in_fewer_larger_transactions(
+    judge_db: Database, judge_settings: Settings
+) -> None:
+    """Eight queued messages and four free slots: two transactions of four messages (each
+    transaction's statements are paid once for its messages), not four of two. A
+    transaction stamps its events with one judged_at."""
+    judge = TrackingJudge(judge_db, judge_settings, None, listen=False)
+    await judge.work_once()  # whatever earlier tests of this module left queued
+    events = []
+    for n in range(8):
+        msg = await make_message(judge_db, judge_settings, LINKS)
+        events.append(await _record(judge_db, msg, "book", _human_hit(f"73.16.{n}.9")))
+    assert await judge.judge_pending() == 8
+    assert len(await _judged_at(judge_db, events)) == 2
+
+
+class _Counted:
+    """A judge connection that counts statements and round trips (a pipeline is one)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[object], tally: dict[str, int]) -> None:
+        self._conn, self._tally, self._piped = conn, tally, False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+    async def execute(self, *args: object, **kw: object) -> object:
+        self._tally["statements"] += 1
+        self._tally["round trips"] += 0 if self._piped else 1
+        return await self._conn.execute(*args, **kw)  # type: ignore[arg-type]
+
+    async def commit(self) -> None:
+        self._tally["round trips"] += 0 if self._piped else 1
+        await self._conn.commit()
+
+    @contextlib.asynccontextmanager
+    async def pipeline(self) -> AsyncIterator[object]:
+        self._tally["round trips"] += 1
+        self._piped = True
+        try:
+            async with self._conn.pipeline() as p:
+                yield p
+        finally:
+            self._piped = False
+
+
+async def test_a_judging_transaction_is_two_round_trips_of_seven_statements(
+    judge_db: Database, judge_settings: Settings
+) -> None:
+    """Statement budget of one judging transaction over several messages: [lock, queued
+    rows, message facts] then [verdict updates, the report rollup's three statements,
+    COMMIT], whatever the number of events (no statement per event or per message). A
+    judge that has not seen the messages rebuilds their classifiers in one more."""
+
+    def counted(judge: TrackingJudge) -> dict[str, int]:
+        tally = {"statements": 0, "round trips": 0}
+        connect = judge._connect
+
+        async def connect_counted(*, autocommit: bool) -> Any:
+            conn = await connect(autocommit=autocommit)
+            return conn if autocommit else _Counted(conn, tally)  # the queue reads aside
+
+        judge._connect = connect_counted  # type: ignore[method-assign]
+        return tally
+
+    def judge() -> TrackingJudge:
+        return TrackingJudge(judge_db, judge_settings, None, listen=False, judge_tasks=1)
+
+    await judge().work_once()  # whatever earlier tests of this module left queued
+    messages = [await make_message(judge_db, judge_settings, LINKS) for _ in range(3)]
+    for n, msg in enumerate(messages):
+        for i, name in enumerate(("book", "portal")):
+            await _record(judge_db, msg, name, _human_hit(f"73.17.{n}.9", 30.0 * i))
+    first = judge()
+    tally = counted(first)
+    assert await first.judge_pending() == 6
+    assert first.transactions == 1
+    assert tally == {"statements": 7, "round trips": 2}
+
+    for n, msg in enumerate(messages):
+        await _record(judge_db, msg, "call", _human_hit(f"73.17.{n}.9", 60.0))
+    fresh = judge()  # another process: no classifier state for these messages
+    tally = counted(fresh)
+    assert await fresh.judge_pending() == 3
+    assert fresh.transactions == 1
+    assert tally == {"statements": 8, "round trips": 3}
+
+
+async def test_the_sweep_signals_human_events_judged_while_temporal_was_away(
+    judge_db: Database, judge_settings: Settings, temporal: Client, parked: list[str]
+) -> None:
+    back = TrackingJudge(judge_db, judge_settings, temporal, listen=False)
+    await back.work_once()  # whatever earlier tests of this module left unsignalled
+    away = TrackingJudge(judge_db, judge_settings, None, listen=False)
+    msg, wid = await _message_of_a_run(judge_db, judge_settings, temporal, parked)
+    event = await _record(judge_db, msg, "book", _human_hit("73.18.1.9"))
+    await away.work_once()
+    row = await _event(judge_db, event)
+    assert row is not None and (row.verdict, row.signal_result) == ("human", None)
+
+    assert await back.signal_pending() == 1
+    row = await _event(judge_db, event)
+    assert row is not None and (row.signal_result, row.signalled) == (SIGNAL_SENT, True)
+    assert row.signalled_at is not None and (row.verdict, row.first_verdict) == ("human", "human")
+    assert await _engagement_signals(temporal, wid) == 1
+    assert await back.signal_pending() == 0  # signalled once
