@@ -607,6 +607,9 @@ class TrackingJudge:
         try:
             yield conn
             keep = conn.info.transaction_status == TransactionStatus.IDLE
+        except psycopg.OperationalError:
+            await self._server_gone()
+            raise
         finally:
             if keep and self.running and len(self._idle) <= self.judge_tasks:
                 self._idle.append(conn)
@@ -624,13 +627,25 @@ class TrackingJudge:
                 conn = await self._connect(autocommit=True)
             try:
                 yield conn
-            except BaseException:
+            except BaseException as exc:
                 await conn.close()
+                if isinstance(exc, psycopg.OperationalError):
+                    await self._server_gone()
                 raise
             if self.running:
                 self._reader = conn
             else:
                 await conn.close()
+
+    async def _server_gone(self) -> None:
+        """A connection failed (the server restarted, say): the kept ones are likely gone
+        too, and the next round should not fail on each of them in turn."""
+        idle, self._idle = self._idle, []
+        if self._reader is not None:  # (None while in use)
+            idle.append(self._reader)
+            self._reader = None
+        for conn in idle:
+            await conn.close()
 
     async def _close_connections(self) -> None:
         conns, self._idle = self._idle, []

@@ -411,7 +411,7 @@ class _Counted:
     async def execute(self, *args: object, **kw: object) -> object:
         self._tally["statements"] += 1
         self._tally["round trips"] += 0 if self._piped else 1
-        return await self._conn.execute(*args, **kw)  # type: ignore[arg-type]
+        return await self._conn.execute(*args, **kw)  # type: ignore[call-overload]
 
     async def commit(self) -> None:
         self._tally["round trips"] += 0 if self._piped else 1
@@ -488,3 +488,34 @@ async def test_the_sweep_signals_human_events_judged_while_temporal_was_away(
     assert row.signalled_at is not None and (row.verdict, row.first_verdict) == ("human", "human")
     assert await _engagement_signals(temporal, wid) == 1
     assert await back.signal_pending() == 0  # signalled once
+
+
+async def test_a_judge_whose_connections_were_cut_judges_the_next_click_promptly(
+    judge_db: Database, judge_settings: Settings
+) -> None:
+    """The judge keeps its connections between transactions. When the server drops them
+    (a restart), one round fails and the next runs on fresh ones: not a failed round, and
+    a doubled back-off, for each connection it had kept."""
+    judge = TrackingJudge(judge_db, judge_settings, None, listen=False, poll_interval=0.2)
+    judge.start()
+    name = f"{LISTENER_NAME}-{os.getpid()}-tx"
+    try:
+        await eventually(lambda: _true(len(judge._idle) == judge.judge_tasks))
+        async with judge_db.session() as s:
+            cut = await s.exec(  # type: ignore[call-overload]
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = :name"
+                ).bindparams(name=name)
+            )
+            assert cut.scalar_one() == judge.judge_tasks + 1  # and the queue reader's
+            await s.commit()
+        msg = await make_message(judge_db, judge_settings, LINKS)
+        event = await _record(judge_db, msg, "book", _human_hit("73.19.1.9"))
+        judge.notify()
+        row = await eventually(
+            functools.partial(_settled, judge_db, event, "verdict"), timeout=2.5, interval=0.05
+        )
+        assert row is not None and row.verdict == "human"
+    finally:
+        await judge.stop()
