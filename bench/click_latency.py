@@ -289,11 +289,26 @@ def profile(groups: dict[str, int]) -> list[subprocess.Popen[bytes]]:
         return []
     return [
         subprocess.Popen(
-            [str(spy), "record", "-r", "200", "-d", seconds, "--nonblocking", "-f", "raw",
-             "-o", f"/tmp/click_prof_{name}.txt", "-p", str(groups[name])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(spy),
+                "record",
+                "-r",
+                "200",
+                "-d",
+                seconds,
+                "--nonblocking",
+                "-f",
+                "raw",
+                "-o",
+                f"/tmp/click_prof_{name}.txt",
+                "-p",
+                str(groups[name]),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        for name in ("api", "judge") if name in groups
+        for name in ("api", "judge")
+        if name in groups
     ]
 
 
