@@ -35,7 +35,8 @@ of prepared, driver-level statements on the judge's own psycopg connections (no 
 pool checkout ping): [lock; pending rows; message facts] in one pipeline, then, after the
 signals, [verdict updates; report rollup; COMMIT] in another. While a transaction is in
 flight, another starts only once `min_share` messages are queued for it (hits queue for
-the next one meanwhile); with nothing in flight a lone hit is judged at once.
+the next one meanwhile, without reading the queue again); with nothing in flight a lone
+hit is judged at once.
 
 A judge runs inside the API process (TRACKING_JUDGE_IN_API=true, the default) or alone
 (`journeys judge`); any number of both share the queue through the locks above.
@@ -387,6 +388,7 @@ class TrackingJudge:
         self._listen_task: asyncio.Task[None] | None = None
         self.listening = False  # LISTEN tracking_hits is in effect
         self.notifications = 0  # NOTIFYs heard over LISTEN
+        self.wakeups = 0  # notify() calls and NOTIFYs: hits (or batches of hits) recorded
 
     # --- lifecycle --------------------------------------------------------
     @property
@@ -411,6 +413,7 @@ class TrackingJudge:
         await self._close_connections()
 
     def notify(self) -> None:
+        self.wakeups += 1
         self._wake.set()
 
     async def warm_up(self) -> None:
@@ -477,7 +480,7 @@ class TrackingJudge:
                     self.notify()  # hits committed before LISTEN took effect
                     async for _ in conn.notifies():
                         self.notifications += 1
-                        self._wake.set()
+                        self.notify()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -518,20 +521,29 @@ class TrackingJudge:
         sweep: asyncio.Task[int] | None = None
         woken: asyncio.Task[bool] | None = None
         elsewhere: dict[str, float] = {}  # message -> when to try it again
+        # The last read of the queue left fewer than `min_share` messages unstarted: while
+        # a transaction is in flight, hits that arrive wait for it too, so their wake-ups
+        # read the queue again only once `min_share` have come (a commit always does).
+        short = False
+        woken_at = self.wakeups
         try:
             while True:
                 rearm = woken is None or woken.done()
                 if rearm:
                     self._wake.clear()  # before reading the queue: a later hit wakes us
                 free = self.judge_tasks - len(inflight)
-                if free and failure is None:
+                wait = short and inflight and self.wakeups - woken_at < self.min_share
+                if free and failure is None and not wait:
                     now = time.monotonic()
                     held = [sid for ids in inflight.values() for sid in ids]
                     held += [sid for sid, until in elsewhere.items() if until > now]
+                    woken_at = self.wakeups
                     candidates = await self._candidates(held)
                     slices = _slices(len(candidates), free, len(inflight), self.min_share)
-                    for part in _share(candidates, slices, self.batch_messages):
+                    parts = _share(candidates, slices, self.batch_messages)
+                    for part in parts:
                         inflight[asyncio.ensure_future(self._judge_slice(active, part))] = part
+                    short = len(candidates) - sum(map(len, parts)) < self.min_share
                 if not inflight:
                     break
                 if rearm:
@@ -543,6 +555,7 @@ class TrackingJudge:
                     if fut not in done:
                         continue
                     del inflight[fut]
+                    short = False  # a slot is free: read the queue again
                     try:
                         judged = fut.result()[0]
                         total += judged

@@ -519,3 +519,43 @@ async def test_a_judge_whose_connections_were_cut_judges_the_next_click_promptly
         assert row is not None and row.verdict == "human"
     finally:
         await judge.stop()
+
+
+async def test_hits_during_a_transaction_wait_for_it_without_reading_the_queue(
+    judge_db: Database, judge_settings: Settings
+) -> None:
+    """While a transaction is in flight, a few new hits (fewer than `min_share` messages)
+    neither start transactions of their own nor read the queue on each wake-up: the
+    commit reads it once and judges them together."""
+    judge = TrackingJudge(judge_db, judge_settings, None, listen=False)
+    await judge.work_once()  # whatever earlier tests of this module left queued
+    reads = 0
+    read, judge_batch = judge._candidates, judge._judge_batch
+    release = asyncio.Event()
+
+    async def counted(held: Any) -> list[str]:
+        nonlocal reads
+        reads += 1
+        return await read(held)
+
+    async def held_open(active: Any, part: list[str]) -> tuple[int, int]:
+        await release.wait()  # the first transaction stays in flight until released
+        return await judge_batch(active, part)
+
+    judge._candidates = counted  # type: ignore[method-assign]
+    judge._judge_batch = held_open  # type: ignore[method-assign]
+    msg = await make_message(judge_db, judge_settings, LINKS)
+    await _record(judge_db, msg, "book", _human_hit("73.20.0.9"))
+    judging = asyncio.create_task(judge.judge_pending())
+    await eventually(lambda: _true(reads == 1), timeout=5, interval=0.02)
+    later = []
+    for n in range(3):
+        msg = await make_message(judge_db, judge_settings, LINKS)
+        later.append(await _record(judge_db, msg, "book", _human_hit(f"73.20.{n + 1}.9")))
+        judge.notify()
+        await asyncio.sleep(0.05)
+    assert reads == 1, "the wake-ups did not read the queue"
+    release.set()
+    assert await asyncio.wait_for(judging, timeout=10) == 4
+    assert reads == 3  # after each commit
+    assert len(await _judged_at(judge_db, later)) == 1, "the three in one transaction"
