@@ -498,15 +498,17 @@ async def test_a_judge_whose_connections_were_cut_judges_the_next_click_promptly
     a doubled back-off, for each connection it had kept."""
     judge = TrackingJudge(judge_db, judge_settings, None, listen=False, poll_interval=0.2)
     judge.start()
-    name = f"{LISTENER_NAME}-{os.getpid()}-tx"
     try:
-        await eventually(lambda: _true(len(judge._idle) == judge.judge_tasks))
+        await eventually(
+            lambda: _true(len(judge._idle) == judge.judge_tasks and judge._reader is not None)
+        )
+        assert judge._reader is not None
+        pids = [c.info.backend_pid for c in [*judge._idle, judge._reader]]
         async with judge_db.session() as s:
             cut = await s.exec(  # type: ignore[call-overload]
                 text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE application_name = :name"
-                ).bindparams(name=name)
+                    "SELECT count(pg_terminate_backend(pid)) FROM unnest(:pids) AS pid"
+                ).bindparams(pids=pids)
             )
             assert cut.scalar_one() == judge.judge_tasks + 1  # and the queue reader's
             await s.commit()
@@ -543,7 +545,7 @@ async def test_hits_during_a_transaction_wait_for_it_without_reading_the_queue(
         return await judge_batch(active, part)
 
     judge._candidates = counted  # type: ignore[method-assign]
-    judge._judge_batch = held_open  # type: ignore[method-assign]
+    judge._judge_batch = held_open  # type: ignore[method-assign,assignment]
     msg = await make_message(judge_db, judge_settings, LINKS)
     await _record(judge_db, msg, "book", _human_hit("73.20.0.9"))
     judging = asyncio.create_task(judge.judge_pending())
