@@ -21,8 +21,8 @@ process has judged some of its events since.
 
 Latency (a person's click should move their journey within a second, even in a burst):
 - up to `judge_tasks` judging transactions are in flight, each over its own share of
-  the queued messages; as soon as one commits (or a hit arrives) the queue is read
-  again, so a new hit waits for the first free slot, never for a whole round;
+  the queued messages; as soon as one commits (or hits arrive) the queue is read again,
+  so a new hit waits at most for a transaction in flight, never for a whole round;
 - humans are signalled inside the judging transaction, concurrently (bounded), before
   the report rollup and the commit: no second transaction on the click's path;
 - the loop wakes on `notify()` (hits recorded in this process) and on PostgreSQL
@@ -34,9 +34,9 @@ CPU (the burst is CPU-bound on small machines): a judging transaction is two rou
 of prepared, driver-level statements on the judge's own psycopg connections (no ORM, no
 pool checkout ping): [lock; pending rows; message facts] in one pipeline, then, after the
 signals, [verdict updates; report rollup; COMMIT] in another. While a transaction is in
-flight, another starts only once `min_share` messages are queued for it (hits queue for
-the next one meanwhile, without reading the queue again); with nothing in flight a lone
-hit is judged at once.
+flight, another starts only once `min_share` messages are queued for it (fewer wait for
+the next commit, and their wake-ups do not read the queue again until `min_share` came);
+with nothing in flight a lone hit is judged at once.
 
 A judge runs inside the API process (TRACKING_JUDGE_IN_API=true, the default) or alone
 (`journeys judge`); any number of both share the queue through the locks above.
@@ -510,10 +510,12 @@ class TrackingJudge:
 
     async def judge_pending(self) -> int:
         """Judge what is queued until nothing is, in up to `judge_tasks` transactions at
-        once. Whenever one commits (or a hit arrives) and a slot is free, the queue is read
-        again and its messages are shared out between the free slots, so a new hit waits
-        for the first free slot, never for a whole round. Messages in flight here are left
-        out; other processes' are skipped by their advisory locks. Returns events judged."""
+        once. Whenever one commits (or hits arrive) and a slot is free, the queue is read
+        again and its messages are shared out between the free slots, one transaction per
+        `min_share` messages (at least one when none is in flight), so a new hit waits at
+        most for a transaction in flight, never for a whole round. Messages in flight here
+        are left out; other processes' are skipped by their advisory locks. Returns events
+        judged."""
         active = self._index_changed()
         inflight: dict[asyncio.Future[tuple[int, int]], list[str]] = {}
         total = 0
