@@ -498,7 +498,11 @@ class TrackingJudge:
         Returns the rows handled."""
         judged = await self.judge_pending()
         self._schedule_segments()
-        return judged + (await self.signal_pending() if sweep else 0)
+        return judged + (await self._sweep() if sweep else 0)
+
+    async def _sweep(self) -> int:
+        self._swept = time.monotonic()
+        return await self.signal_pending()
 
     # --- judging ----------------------------------------------------------
     def _index_changed(self) -> ActiveList:
@@ -577,7 +581,7 @@ class TrackingJudge:
                     sweep is None or sweep.done()
                 ):
                     # A long burst must not hold back what the sweep would signal.
-                    sweep = asyncio.create_task(self.signal_pending())
+                    sweep = asyncio.create_task(self._sweep())
         finally:
             if woken is not None:
                 woken.cancel()
@@ -906,7 +910,6 @@ class TrackingJudge:
         concurrently, store the outcomes. Returns the rows handled."""
         if self.temporal is None:
             return 0  # stays queued until a Temporal client is available
-        self._swept = time.monotonic()
         async with self._connection() as conn:
             cur = await conn.execute(_UNSIGNALLED_SQL, {"n": self.signal_batch})
             found = await cur.fetchall()
