@@ -24,6 +24,7 @@ import email.policy
 import os
 import re
 import statistics
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -264,6 +265,9 @@ async def breakdown(
         "verdict -> signal RPCs returned": [],
         "signal returned -> next step started": [],
     }
+    # A judging transaction stamps its events with one judged_at.
+    batches = {judged_at for _, _, judged_at, _ in rows if judged_at is not None}
+    out["judging transactions"] = [float(len(batches))]
     for cid, at, judged_at, signalled_at in rows:
         if cid not in sent_at or judged_at is None or signalled_at is None or cid not in done:
             continue
@@ -274,6 +278,38 @@ async def breakdown(
             (done[cid] - signalled_at).total_seconds()
         )
     return out
+
+
+def profile(groups: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """BENCH_PROFILE=<seconds>: py-spy records the API (and judge) process during the
+    clicks into /tmp/click_prof_<name>.txt (raw folded stacks)."""
+    seconds = os.environ.get("BENCH_PROFILE")
+    spy = Path(sys.executable).parent / "py-spy"
+    if not seconds or not spy.exists():
+        return []
+    return [
+        subprocess.Popen(
+            [
+                str(spy),
+                "record",
+                "-r",
+                "200",
+                "-d",
+                seconds,
+                "--nonblocking",
+                "-f",
+                "raw",
+                "-o",
+                f"/tmp/click_prof_{name}.txt",
+                "-p",
+                str(groups[name]),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name in ("api", "judge")
+        if name in groups
+    ]
 
 
 async def main() -> None:
@@ -365,6 +401,7 @@ async def main() -> None:
                     if part is not None:
                         groups[name] = part.pid
                 meter = CpuMeter(groups)
+                spies = profile(groups)
                 await asyncio.gather(*(click(c, u, i) for i, (c, u) in enumerate(urls.items())))
             deadline = time.monotonic() + 120
             while (
@@ -373,6 +410,8 @@ async def main() -> None:
             ):
                 await asyncio.sleep(0.2)
             cpu = meter.used()
+            for spy in spies:
+                spy.wait()
             lat = [(done[c] - sent_at[c]).total_seconds() for c in done if c in sent_at]
             phases = await breakdown(stack, key, sent_at, done)
 
@@ -432,6 +471,11 @@ async def main() -> None:
             f"  {name:<10} {cpu[name] * ms / max(1, len(lat)):6.1f} / "
             f"{bcpu[name] * ms / max(1, len(blat)):6.1f}"
         )
+    transactions = phases.pop("judging transactions", [0.0])[0]
+    print(
+        f"judging transactions: {transactions:.0f}, "
+        f"clicks per transaction {len(lat) / max(1.0, transactions):.1f}"
+    )
     print("where the time goes (p50 / p95 ms):")
     for name, xs in phases.items():
         if xs:

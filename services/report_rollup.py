@@ -372,6 +372,20 @@ async def rollup_tracking(session: AsyncSession, sel: Selection) -> None:
     await _exec(session, _UNIQUES.format(sends=sends), sel)
 
 
+# The same three statements as rollup_tracking for a list of tracking_event ids, at driver
+# level (psycopg's %(event_ids)s parameter, a text[]), for callers that run their own
+# statements on a psycopg connection inside their transaction (the judge's batched
+# transaction, services.tracking_judge). The first locks the sends' state rows; each runs
+# with its own snapshot, as rollup_tracking's do.
+_EVENT_IDS = "SELECT unnest(CAST(%(event_ids)s AS text[]))"
+_EVENT_SENDS = f"SELECT send_id FROM tracking_event WHERE id IN ({_EVENT_IDS})"
+TRACKING_ROLLUP_OF_EVENTS: tuple[str, ...] = (
+    *_lock("report_send_state", "send_id", _EVENT_SENDS),
+    _EVENTS.replace("%", "%%").format(sel=_EVENT_IDS),
+    _UNIQUES.replace("%", "%%").format(sends=_EVENT_SENDS),
+)
+
+
 async def on_tracking_verdict(
     session: AsyncSession, event: Any, previous_verdict: str | None = None
 ) -> None:

@@ -12,6 +12,7 @@ queue: what each of them judged, and what is still queued, can be asserted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import subprocess
@@ -20,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -369,3 +371,193 @@ async def test_human_clicks_refresh_behavioural_segments_in_one_batch(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def _judged_at(db: Database, event_ids: list[str]) -> set[object]:
+    async with db.session() as s:
+        rows = await s.exec(  # type: ignore[call-overload]
+            text("SELECT judged_at FROM tracking_event WHERE id = ANY(:ids)").bindparams(
+                ids=event_ids
+            )
+        )
+        return {r[0] for r in rows}
+
+
+async def test_a_burst_is_judged_in_fewer_larger_transactions(
+    judge_db: Database, judge_settings: Settings
+) -> None:
+    """Eight queued messages and four free slots: two transactions of four messages (each
+    transaction's statements are paid once for its messages), not four of two. A
+    transaction stamps its events with one judged_at."""
+    judge = TrackingJudge(judge_db, judge_settings, None, listen=False)
+    await judge.work_once()  # whatever earlier tests of this module left queued
+    events = []
+    for n in range(8):
+        msg = await make_message(judge_db, judge_settings, LINKS)
+        events.append(await _record(judge_db, msg, "book", _human_hit(f"73.16.{n}.9")))
+    assert await judge.judge_pending() == 8
+    assert len(await _judged_at(judge_db, events)) == 2
+
+
+class _Counted:
+    """A judge connection that counts statements and round trips (a pipeline is one)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[object], tally: dict[str, int]) -> None:
+        self._conn, self._tally, self._piped = conn, tally, False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+    async def execute(self, *args: object, **kw: object) -> object:
+        self._tally["statements"] += 1
+        self._tally["round trips"] += 0 if self._piped else 1
+        return await self._conn.execute(*args, **kw)  # type: ignore[call-overload]
+
+    async def commit(self) -> None:
+        self._tally["round trips"] += 0 if self._piped else 1
+        await self._conn.commit()
+
+    @contextlib.asynccontextmanager
+    async def pipeline(self) -> AsyncIterator[object]:
+        self._tally["round trips"] += 1
+        self._piped = True
+        try:
+            async with self._conn.pipeline() as p:
+                yield p
+        finally:
+            self._piped = False
+
+
+async def test_a_judging_transaction_is_two_round_trips_of_seven_statements(
+    judge_db: Database, judge_settings: Settings
+) -> None:
+    """Statement budget of one judging transaction over several messages: [lock, queued
+    rows, message facts] then [verdict updates, the report rollup's three statements,
+    COMMIT], whatever the number of events (no statement per event or per message). A
+    judge that has not seen the messages rebuilds their classifiers in one more."""
+
+    def counted(judge: TrackingJudge) -> dict[str, int]:
+        tally = {"statements": 0, "round trips": 0}
+        connect = judge._connect
+
+        async def connect_counted(*, autocommit: bool) -> Any:
+            conn = await connect(autocommit=autocommit)
+            return conn if autocommit else _Counted(conn, tally)  # the queue reads aside
+
+        judge._connect = connect_counted  # type: ignore[method-assign]
+        return tally
+
+    def judge() -> TrackingJudge:
+        return TrackingJudge(judge_db, judge_settings, None, listen=False, judge_tasks=1)
+
+    await judge().work_once()  # whatever earlier tests of this module left queued
+    messages = [await make_message(judge_db, judge_settings, LINKS) for _ in range(3)]
+    for n, msg in enumerate(messages):
+        for i, name in enumerate(("book", "portal")):
+            await _record(judge_db, msg, name, _human_hit(f"73.17.{n}.9", 30.0 * i))
+    first = judge()
+    tally = counted(first)
+    assert await first.judge_pending() == 6
+    assert first.transactions == 1
+    assert tally == {"statements": 7, "round trips": 2}
+
+    for n, msg in enumerate(messages):
+        await _record(judge_db, msg, "call", _human_hit(f"73.17.{n}.9", 60.0))
+    fresh = judge()  # another process: no classifier state for these messages
+    tally = counted(fresh)
+    assert await fresh.judge_pending() == 3
+    assert fresh.transactions == 1
+    assert tally == {"statements": 8, "round trips": 3}
+
+
+async def test_the_sweep_signals_human_events_judged_while_temporal_was_away(
+    judge_db: Database, judge_settings: Settings, temporal: Client, parked: list[str]
+) -> None:
+    back = TrackingJudge(judge_db, judge_settings, temporal, listen=False)
+    await back.work_once()  # whatever earlier tests of this module left unsignalled
+    away = TrackingJudge(judge_db, judge_settings, None, listen=False)
+    msg, wid = await _message_of_a_run(judge_db, judge_settings, temporal, parked)
+    event = await _record(judge_db, msg, "book", _human_hit("73.18.1.9"))
+    await away.work_once()
+    row = await _event(judge_db, event)
+    assert row is not None and (row.verdict, row.signal_result) == ("human", None)
+
+    assert await back.signal_pending() == 1
+    row = await _event(judge_db, event)
+    assert row is not None and (row.signal_result, row.signalled) == (SIGNAL_SENT, True)
+    assert row.signalled_at is not None and (row.verdict, row.first_verdict) == ("human", "human")
+    assert await _engagement_signals(temporal, wid) == 1
+    assert await back.signal_pending() == 0  # signalled once
+
+
+async def test_a_judge_whose_connections_were_cut_judges_the_next_click_promptly(
+    judge_db: Database, judge_settings: Settings
+) -> None:
+    """The judge keeps its connections between transactions. When the server drops them
+    (a restart), one round fails and the next runs on fresh ones: not a failed round, and
+    a doubled back-off, for each connection it had kept."""
+    judge = TrackingJudge(judge_db, judge_settings, None, listen=False, poll_interval=0.2)
+    judge.start()
+    try:
+        await eventually(
+            lambda: _true(len(judge._idle) == judge.judge_tasks and judge._reader is not None)
+        )
+        assert judge._reader is not None
+        pids = [c.info.backend_pid for c in [*judge._idle, judge._reader]]
+        async with judge_db.session() as s:
+            cut = await s.exec(  # type: ignore[call-overload]
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM unnest(:pids) AS pid"
+                ).bindparams(pids=pids)
+            )
+            assert cut.scalar_one() == judge.judge_tasks + 1  # and the queue reader's
+            await s.commit()
+        msg = await make_message(judge_db, judge_settings, LINKS)
+        event = await _record(judge_db, msg, "book", _human_hit("73.19.1.9"))
+        judge.notify()
+        row = await eventually(
+            functools.partial(_settled, judge_db, event, "verdict"), timeout=2.5, interval=0.05
+        )
+        assert row is not None and row.verdict == "human"
+    finally:
+        await judge.stop()
+
+
+async def test_hits_during_a_transaction_wait_for_it_without_reading_the_queue(
+    judge_db: Database, judge_settings: Settings
+) -> None:
+    """While a transaction is in flight, a few new hits (fewer than `min_share` messages)
+    neither start transactions of their own nor read the queue on each wake-up: the
+    commit reads it once and judges them together."""
+    judge = TrackingJudge(judge_db, judge_settings, None, listen=False)
+    await judge.work_once()  # whatever earlier tests of this module left queued
+    reads = 0
+    read, judge_batch = judge._candidates, judge._judge_batch
+    release = asyncio.Event()
+
+    async def counted(held: Any) -> list[str]:
+        nonlocal reads
+        reads += 1
+        return await read(held)
+
+    async def held_open(active: Any, part: list[str]) -> tuple[int, int]:
+        await release.wait()  # the first transaction stays in flight until released
+        return await judge_batch(active, part)
+
+    judge._candidates = counted  # type: ignore[method-assign]
+    judge._judge_batch = held_open  # type: ignore[method-assign,assignment]
+    msg = await make_message(judge_db, judge_settings, LINKS)
+    await _record(judge_db, msg, "book", _human_hit("73.20.0.9"))
+    judging = asyncio.create_task(judge.judge_pending())
+    await eventually(lambda: _true(reads == 1), timeout=5, interval=0.02)
+    later = []
+    for n in range(3):
+        msg = await make_message(judge_db, judge_settings, LINKS)
+        later.append(await _record(judge_db, msg, "book", _human_hit(f"73.20.{n + 1}.9")))
+        judge.notify()
+        await asyncio.sleep(0.05)
+    assert reads == 1, "the wake-ups did not read the queue"
+    release.set()
+    assert await asyncio.wait_for(judging, timeout=10) == 4
+    assert reads == 3  # after each commit
+    assert len(await _judged_at(judge_db, later)) == 1, "the three in one transaction"

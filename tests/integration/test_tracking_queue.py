@@ -159,35 +159,28 @@ async def test_invalid_refreshed_list_falls_back_to_the_shipped_one(
 
 
 async def test_every_verdict_and_revision_reaches_the_reports_rollup_before_commit(
-    judge_db: Database, judge_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    judge_db: Database, judge_settings: Settings
 ) -> None:
+    """The report rollup counts each event under its stored verdict (its state row), in
+    the judging transaction: a revision moves the count."""
     from sqlalchemy import text
-    from sqlmodel.ext.asyncio.session import AsyncSession
 
-    import services.tracking_judge as tj
-    from services.report_rollup import Selection
-
-    seen: list[list[tuple[str, str]]] = []
-
-    async def rollup(s: AsyncSession, sel: Selection) -> None:
-        # What the rollup's own SQL reads in the judging transaction (one call per
-        # transaction, every event whose verdict was stored or revised in it).
-        stored = (
-            await (await s.connection()).execute(
-                text(f"SELECT id, verdict FROM tracking_event WHERE id IN ({sel.sql}) ORDER BY at"),
-                dict(sel.params),
+    async def counted(*event_ids: str) -> list[tuple[str, str]]:
+        async with judge_db.session() as s:
+            rows = await s.exec(  # type: ignore[call-overload]
+                text(
+                    "SELECT te.id, st.verdict FROM tracking_event te "
+                    "JOIN report_tracking_state st ON st.event_id = te.id "
+                    "WHERE te.id = ANY(:ids) AND st.verdict = te.verdict ORDER BY te.at"
+                ).bindparams(ids=list(event_ids))
             )
-        ).all()
-        seen.append([(r[0], r[1]) for r in stored])
+            return [(r[0], r[1]) for r in rows]
 
-    monkeypatch.setattr(tj, "rollup_tracking", rollup)
     msg = await make_message(judge_db, judge_settings, LINKS)
     ip = "88.198.202.11"
     click = await _record(judge_db, msg, "book", _hit(ip, 0, msg))
     await TrackingJudge(judge_db, judge_settings, None).work_once()
+    assert await counted(click) == [(click, "human")]
     trap = await _record(judge_db, msg, "trap", _hit(ip, 5, msg))
     await TrackingJudge(judge_db, judge_settings, None).work_once()
-    assert seen == [
-        [(click, "human")],
-        [(click, "automated"), (trap, "automated")],
-    ]
+    assert await counted(click, trap) == [(click, "automated"), (trap, "automated")]

@@ -18,7 +18,7 @@ async def test_a_cancel_that_lands_with_a_wake_up_stops_the_loop(tmp_path: Path)
     async def no_warm_up() -> None:
         return None
 
-    async def no_work() -> int:
+    async def no_work(*, sweep: bool = True) -> int:
         return 0
 
     judge.warm_up = no_warm_up  # type: ignore[method-assign]
@@ -31,3 +31,38 @@ async def test_a_cancel_that_lands_with_a_wake_up_stops_the_loop(tmp_path: Path)
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=2)
         assert done, "the judge loop ignored its cancellation"
+
+
+async def test_the_sweep_runs_once_a_poll_interval_not_after_every_round(
+    tmp_path: Path,
+) -> None:
+    """A burst is many rounds of the loop; the sweep of unsignalled rows (a query and a
+    transaction) runs once a poll interval, not after each of them."""
+    settings = Settings.model_validate({"home": tmp_path})
+    judge = TrackingJudge(None, settings, None, poll_interval=30.0)  # type: ignore[arg-type]
+    rounds = sweeps = 0
+
+    async def no_warm_up() -> None:
+        pass
+
+    async def busy_round() -> int:
+        nonlocal rounds
+        rounds += 1
+        return 1 if rounds < 50 else 0  # 49 rounds that judged something, then idle
+
+    async def sweep() -> int:
+        nonlocal sweeps
+        sweeps += 1
+        return 0
+
+    judge.warm_up = no_warm_up  # type: ignore[method-assign]
+    judge.judge_pending = busy_round  # type: ignore[method-assign]
+    judge.signal_pending = sweep  # type: ignore[method-assign]
+    judge.start()
+    try:
+        async with asyncio.timeout(5):
+            while rounds < 50:
+                await asyncio.sleep(0.01)
+    finally:
+        await judge.stop()
+    assert sweeps == 1

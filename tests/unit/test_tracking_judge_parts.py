@@ -72,3 +72,21 @@ def test_queued_messages_are_shared_out_oldest_first_and_capped() -> None:
     assert _share(ids, 2, 2) == [["s_0", "s_2"], ["s_1", "s_3"]]
     assert _share(ids[:1], 1, 50) == [["s_0"]]
     assert _share([], 0, 50) == []
+
+
+def test_fewer_concurrent_transactions_when_the_queue_is_short() -> None:
+    from services.tracking_judge import _slices
+
+    # Nothing in flight: a lone message is judged at once, in one transaction.
+    assert _slices(1, 4, 0, 4) == 1
+    assert _slices(3, 4, 0, 4) == 1
+    # One transaction per `min_share` queued messages, up to the free slots.
+    assert _slices(8, 4, 0, 4) == 2
+    assert _slices(40, 4, 0, 4) == 4
+    assert _slices(40, 2, 2, 4) == 2
+    # While one is in flight, a few queued messages wait for the next free slot...
+    assert _slices(3, 3, 1, 4) == 0
+    # ...and enough of them start another transaction.
+    assert _slices(4, 3, 1, 4) == 1
+    assert _slices(0, 4, 0, 4) == 0
+    assert _slices(5, 0, 4, 4) == 0
