@@ -249,7 +249,9 @@ async def test_concurrent_judging_keeps_message_order_and_signals_each_human_onc
 ) -> None:
     """Two judges, each with several transactions in flight over small batches: a link
     sweep is only seen (and not signalled) if each message's clicks are judged in order
-    by one classifier; every human click reaches its run exactly once."""
+    by one classifier; every human click reaches its run exactly once. On a loaded machine
+    one judge can finish a round before the other reads the queue: up to three rounds,
+    each checked in full, until one has had both judges at work."""
     judges = [
         TrackingJudge(
             judge_db, judge_settings, temporal, batch_messages=2, judge_tasks=4, listen=False
@@ -257,6 +259,22 @@ async def test_concurrent_judging_keeps_message_order_and_signals_each_human_onc
         for _ in range(2)
     ]
     await judges[0].work_once()  # whatever earlier tests of this module left queued
+    rounds = []
+    for _ in range(3):
+        done = await _judge_concurrently(judge_db, judge_settings, temporal, parked, judges)
+        rounds.append(done)
+        if all(n > 0 for n in done):
+            break
+    assert all(n > 0 for n in rounds[-1]), f"both judges took part in a round: {rounds}"
+
+
+async def _judge_concurrently(
+    judge_db: Database,
+    judge_settings: Settings,
+    temporal: Client,
+    parked: list[str],
+    judges: list[TrackingJudge],
+) -> list[int]:
     sweeps = [await _message_of_a_run(judge_db, judge_settings, temporal, parked) for _ in range(8)]
     humans = [await _message_of_a_run(judge_db, judge_settings, temporal, parked) for _ in range(8)]
     for n, (msg, _) in enumerate(sweeps):
@@ -267,7 +285,6 @@ async def test_concurrent_judging_keeps_message_order_and_signals_each_human_onc
         for n, (msg, _) in enumerate(humans)
     ]
     done = await asyncio.gather(*(j.work_once() for j in judges))
-    assert all(n > 0 for n in done), f"both judges took part: {done}"
 
     for msg, wid in sweeps:
         rows = await events_of(judge_db, msg.send_id)
@@ -282,6 +299,7 @@ async def test_concurrent_judging_keeps_message_order_and_signals_each_human_onc
     assert await asyncio.gather(*(j.work_once() for j in judges)) == [0, 0]
     for _, wid in humans:
         assert await _engagement_signals(temporal, wid) == 1
+    return list(done)
 
 
 async def test_a_message_another_judge_holds_is_left_to_it_without_spinning(
