@@ -129,6 +129,13 @@ async def _settled(db: Database, event_id: str, field: str) -> TrackingEvent | N
     return row if row is not None and getattr(row, field) else None
 
 
+async def _judged_human_within(db: Database, event_id: str, timeout: float) -> None:
+    row = await eventually(
+        functools.partial(_settled, db, event_id, "verdict"), timeout=timeout, interval=0.05
+    )
+    assert row is not None and row.verdict == "human"
+
+
 async def _listening(db: Database, name: str) -> bool:
     async with db.session() as s:
         n = (
@@ -196,10 +203,7 @@ async def test_notify_wakes_a_judge_that_would_not_poll_for_a_minute(
             await s.commit()
         await eventually(lambda: _true(judge.notifications > heard), timeout=3, interval=0.05)
 
-        row = await eventually(
-            functools.partial(_settled, judge_db, first, "verdict"), timeout=10, interval=0.05
-        )
-        assert row is not None and row.verdict == "human"
+        await _judged_human_within(judge_db, first, timeout=10)
     finally:
         await judge.stop()
 
@@ -231,10 +235,7 @@ async def test_an_inline_write_wakes_a_judge_elsewhere_with_one_notify(
         await eventually(lambda: _true(judge.notifications > heard), timeout=3, interval=0.05)
         stored = await events_of(db, msg.send_id)
         assert len(stored) == 1
-        row = await eventually(
-            functools.partial(_settled, db, stored[0].id, "verdict"), timeout=10, interval=0.05
-        )
-        assert row is not None and row.verdict == "human"
+        await _judged_human_within(db, stored[0].id, timeout=10)
         # What the write sent: the statement's NOTIFY (its payload counts the rows), and
         # no payload-less ring after it.
         notes = [n.payload async for n in listener.notifies(timeout=1.0)]
@@ -533,10 +534,7 @@ async def test_a_judge_whose_connections_were_cut_judges_the_next_click_promptly
         msg = await make_message(judge_db, judge_settings, LINKS)
         event = await _record(judge_db, msg, "book", _human_hit("73.19.1.9"))
         judge.notify()
-        row = await eventually(
-            functools.partial(_settled, judge_db, event, "verdict"), timeout=2.5, interval=0.05
-        )
-        assert row is not None and row.verdict == "human"
+        await _judged_human_within(judge_db, event, timeout=2.5)
     finally:
         await judge.stop()
 
