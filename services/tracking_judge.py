@@ -189,6 +189,22 @@ class _EventLike(Protocol):
     def at(self) -> datetime: ...
 
 
+class _StoredEvent(_EventLike, Protocol):
+    """What the classifier reads of a stored event: the judge's _Event rows and the ORM's
+    TrackingEvent alike."""
+
+    @property
+    def send_id(self) -> str: ...
+    @property
+    def ip(self) -> str | None: ...
+    @property
+    def method(self) -> str | None: ...
+    @property
+    def user_agent(self) -> str | None: ...
+    @property
+    def headers(self) -> dict[str, Any] | None: ...
+
+
 class _SendLike(Protocol):
     @property
     def id(self) -> str: ...
@@ -310,7 +326,7 @@ def _warm_classifier(active: ActiveList) -> None:
     judge_one(Classifier(active.index), row, _SendFacts(at - timedelta(hours=1), True, 1))
 
 
-def judge_one(classifier: Classifier, row: Any, facts: _SendFacts) -> list[Verdict]:
+def judge_one(classifier: Classifier, row: _StoredEvent, facts: _SendFacts) -> list[Verdict]:
     """The classifier's verdicts for a stored event; a fault in judging one event gives
     that event `unknown` instead of blocking its message's queue for ever."""
     try:
@@ -320,7 +336,7 @@ def judge_one(classifier: Classifier, row: Any, facts: _SendFacts) -> list[Verdi
         return [Verdict(row.id, "unknown", JUDGE_ERROR, 0.0)]
 
 
-def evidence_of(row: Any, facts: _SendFacts) -> TrackingEvidence:
+def evidence_of(row: _StoredEvent, facts: _SendFacts) -> TrackingEvidence:
     """The classifier's view of a stored event and what is known of its message."""
     headers = {str(k): str(v) for k, v in (row.headers or {}).items()}
     headers.setdefault("accept", "")
